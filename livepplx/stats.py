@@ -1,0 +1,405 @@
+"""Online statistics of a token stream: O(1) time per update, O(1) memory.
+
+Each small statistic follows one protocol, ``update(x)`` then ``get()``, and
+:class:`ChoiceStats` composes them into everything livepplx reports for one choice.
+
+>>> from livepplx.tokens import make_token
+>>> s = ChoiceStats(window=2)
+>>> for lp in (-1.0, -2.0, -3.0):
+...     s.update(make_token(0, "", lp))
+>>> s.tokens, round(s.ppl, 6), round(s.window_ppl, 6)    # exp(2), exp(2.5)
+(3, 7.389056, 12.182494)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from .tokens import Status, Token
+
+__all__ = [
+    "Mean",
+    "RollingMean",
+    "EWMean",
+    "Variance",
+    "topk_entropy",
+    "deepconf_confidence",
+    "ChoiceStats",
+    "DEFAULT_VOCAB_SIZE",
+]
+
+_exp = math.exp
+_log = math.log
+_nan = math.nan
+
+#: Vocabulary size assumed by the entropy upper bound when the caller does not give one
+#: (Gemma 3's 262,144; a larger value only loosens the upper bound).
+DEFAULT_VOCAB_SIZE = 262_144
+
+
+class Mean:
+    """Running mean with Neumaier-compensated summation: no drift over long streams.
+
+    >>> m = Mean()
+    >>> for x in (1e16, 1.0, -1e16):
+    ...     m.update(x)
+    >>> m.get() * 3      # a plain float sum would give 0.0
+    1.0
+    """
+
+    __slots__ = ("n", "_sum", "_comp")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._sum = 0.0
+        self._comp = 0.0  # the low-order bits the float sum lost
+
+    def update(self, x: float) -> None:
+        self.n += 1
+        s = self._sum
+        t = s + x
+        if abs(s) >= abs(x):
+            self._comp += (s - t) + x
+        else:
+            self._comp += (x - t) + s
+        self._sum = t
+
+    def total(self) -> float:
+        return self._sum + self._comp
+
+    def get(self) -> float:
+        """The mean, NaN before the first update."""
+        return (self._sum + self._comp) / self.n if self.n else _nan
+
+
+class RollingMean:
+    """Mean of the last ``window`` values: a ring buffer and a compensated running sum.
+
+    Adding the new value and subtracting the one that leaves are both compensated, so
+    the sum does not drift even after millions of updates.
+
+    >>> r = RollingMean(2)
+    >>> for x in (1.0, 2.0, 4.0):
+    ...     r.update(x)
+    >>> r.get(), r.full
+    (3.0, True)
+    """
+
+    __slots__ = ("window", "_buf", "_pos", "_count", "_sum", "_comp")
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be a positive number of tokens, got {window}")
+        self.window = window
+        self._buf = [0.0] * window
+        self._pos = 0
+        self._count = 0
+        self._sum = 0.0
+        self._comp = 0.0
+
+    def _add(self, x: float) -> None:
+        s = self._sum
+        t = s + x
+        if abs(s) >= abs(x):
+            self._comp += (s - t) + x
+        else:
+            self._comp += (x - t) + s
+        self._sum = t
+
+    def update(self, x: float) -> None:
+        i = self._pos
+        if self._count == self.window:
+            self._add(-self._buf[i])
+        else:
+            self._count += 1
+        self._buf[i] = x
+        self._add(x)
+        self._pos = i + 1 if i + 1 < self.window else 0
+
+    @property
+    def full(self) -> bool:
+        return self._count == self.window
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self) -> float:
+        return (self._sum + self._comp) / self._count if self._count else _nan
+
+
+class EWMean:
+    """Exponentially weighted mean, ``y += alpha * (x - y)``, starting at the first value.
+
+    >>> e = EWMean(0.5)
+    >>> for x in (4.0, 0.0, 2.0):
+    ...     e.update(x)
+    >>> e.get()
+    2.0
+    """
+
+    __slots__ = ("alpha", "_value")
+
+    def __init__(self, alpha: float) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self._value = _nan
+
+    def update(self, x: float) -> None:
+        y = self._value
+        self._value = x if y != y else y + self.alpha * (x - y)
+
+    def get(self) -> float:
+        return self._value
+
+
+class Variance:
+    """Population variance by Welford's algorithm (stable where sum-of-squares is not).
+
+    >>> v = Variance()
+    >>> for x in (1e9 + 4, 1e9 + 7, 1e9 + 13, 1e9 + 16):
+    ...     v.update(x)
+    >>> v.get()
+    22.5
+    """
+
+    __slots__ = ("n", "_mean", "_m2")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._mean = 0.0
+        self._m2 = 0.0
+
+    def update(self, x: float) -> None:
+        self.n += 1
+        delta = x - self._mean
+        self._mean += delta / self.n
+        self._m2 += delta * (x - self._mean)
+
+    def get(self) -> float:
+        return self._m2 / self.n if self.n else _nan
+
+
+def topk_entropy(alternatives: Sequence[float], vocab_size: int = DEFAULT_VOCAB_SIZE) -> tuple[float, float, float, float]:
+    """Entropy facts from the listed alternatives' logprobs at one position.
+
+    Returns ``(h_k, r, lower, upper)``: the entropy of the top-k renormalised, the tail
+    mass ``r = 1 - sum(p)`` the list leaves out, and bounds on the full entropy, every
+    unlisted token having ``p <= min(p_min, r)``::
+
+        lower = -sum(p log p) + r log(1 / min(p_min, r))
+        upper = -sum(p log p) + r log((V - k) / r)
+
+    With a vocabulary of 3, the tail is one token of p = 0.25 and the bounds meet at
+    the entropy of (0.5, 0.25, 0.25):
+
+    >>> h, r, lo, hi = topk_entropy([math.log(0.5), math.log(0.25)], vocab_size=3)
+    >>> round(h, 6), r, round(lo, 6), round(hi, 6)
+    (0.636514, 0.25, 1.039721, 1.039721)
+    """
+    k = len(alternatives)
+    total = 0.0
+    p_log_p = 0.0
+    p_min = 1.0
+    for a in alternatives:
+        p = _exp(a)
+        total += p
+        p_log_p += p * a
+        if p < p_min:
+            p_min = p
+    if total <= 0.0:
+        return _nan, _nan, _nan, _nan
+    h_k = _log(total) - p_log_p / total
+    r = 1.0 - total
+    if r <= 1e-12:  # float32 logprobs can sum a hair above 1
+        return h_k, 0.0, -p_log_p, -p_log_p
+    lower = -p_log_p + r * -_log(min(p_min, r))
+    unseen = vocab_size - k
+    upper = -p_log_p + r * _log(unseen / r) if unseen > 0 else lower
+    return h_k, r, lower, max(lower, upper)
+
+
+def deepconf_confidence(alternatives: Sequence[float]) -> float:
+    """DeepConf token confidence ``C = -(1/k) sum_j log p_j`` over the k listed alternatives.
+
+    Higher means more peaked; its scale depends on k (arXiv 2508.15260).
+
+    >>> deepconf_confidence([-0.1, -2.0, -3.9])
+    2.0
+    """
+    return -sum(alternatives) / len(alternatives) if alternatives else _nan
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class ChoiceStats:
+    """Everything livepplx keeps for one choice of a stream, updated token by token.
+
+    Args:
+        index: the choice index.
+        window: tokens in the windowed perplexity (default 64).
+        ema_alpha: weight of the newest token in the moving perplexity
+            (default ``2 / (window + 1)``, pandas' "span = window").
+        group_window: tokens in DeepConf's group confidence (default 2048, as in the paper).
+        vocab_size: the model's vocabulary, for the entropy upper bound
+            (default :data:`DEFAULT_VOCAB_SIZE`).
+
+    Definitions: ``ppl = exp(-mean logprob)`` over the tokens counted (``OK`` and
+    ``CENSORED``); a ``SKIPPED`` token changes nothing but :attr:`skipped`. Entropy
+    and confidence use the positions where alternatives were listed. The lowest group
+    confidence is the minimum over full windows, or over the partial window while
+    fewer than ``group_window`` positions have been seen.
+    """
+
+    def __init__(
+        self,
+        index: int = 0,
+        *,
+        window: int = 64,
+        ema_alpha: float | None = None,
+        group_window: int = 2048,
+        vocab_size: int = DEFAULT_VOCAB_SIZE,
+    ) -> None:
+        self.index = index
+        self.vocab_size = vocab_size
+        #: tokens counted in the statistics (OK and CENSORED)
+        self.tokens = 0
+        #: tokens whose logprob was a placeholder (-9999, -inf, prob 0)
+        self.censored = 0
+        #: tokens whose logprob was missing or not a logprob (null, NaN, positive)
+        self.skipped = 0
+        #: the newest counted logprob
+        self.last_logprob = _nan
+        #: the lowest counted logprob
+        self.min_logprob = math.inf
+        #: positions that listed alternatives
+        self.topk_positions = 0
+        #: the newest position's top-k entropy, tail mass and bounds on the full entropy
+        self.entropy = _nan
+        self.tail_mass = _nan
+        self.entropy_lower = _nan
+        self.entropy_upper = _nan
+        #: the newest position's DeepConf token confidence
+        self.confidence = _nan
+        #: the lowest DeepConf group confidence so far
+        self.lowest_group_confidence = _nan
+        self._mean = Mean()
+        self._window = RollingMean(window)
+        self._ema = EWMean(ema_alpha if ema_alpha is not None else 2.0 / (window + 1))
+        self._surprisal = Variance()
+        self._entropy_mean = Mean()
+        self._group = RollingMean(group_window)
+
+    def update(self, token: Token) -> None:
+        """Add one token (O(1): the work does not depend on how many came before)."""
+        status = token.status
+        if status is Status.SKIPPED:
+            self.skipped += 1
+            return
+        if status is Status.CENSORED:
+            self.censored += 1
+        lp = token.logprob
+        self.tokens += 1
+        self.last_logprob = lp
+        if lp < self.min_logprob:
+            self.min_logprob = lp
+        self._mean.update(lp)
+        self._window.update(lp)
+        self._ema.update(lp)
+        self._surprisal.update(-lp)
+        alts = token.alternatives
+        if alts:
+            self._update_topk(alts)
+
+    def _update_topk(self, alts: tuple[float, ...]) -> None:
+        self.topk_positions += 1
+        self.entropy, self.tail_mass, self.entropy_lower, self.entropy_upper = topk_entropy(alts, self.vocab_size)
+        if self.entropy == self.entropy:
+            self._entropy_mean.update(self.entropy)
+        c = -sum(alts) / len(alts)
+        self.confidence = c
+        group = self._group
+        group.update(c)
+        g = group.get()
+        # Until the window fills, the partial window stands in; the first full window
+        # replaces it, and from then on only full windows compete for the minimum.
+        if not group.full or self.topk_positions == group.window or g < self.lowest_group_confidence:
+            self.lowest_group_confidence = g
+
+    # -- derived values: computed when read, so an update stays cheap ---------------
+
+    @property
+    def mean_logprob(self) -> float:
+        return self._mean.get()
+
+    @property
+    def ppl(self) -> float:
+        """Running perplexity ``exp(-mean logprob)``; NaN before the first token."""
+        return _exp(-self._mean.get())
+
+    @property
+    def window_ppl(self) -> float:
+        """Perplexity of the last ``window`` tokens."""
+        return _exp(-self._window.get())
+
+    @property
+    def moving_ppl(self) -> float:
+        """Exponentially weighted moving perplexity."""
+        return _exp(-self._ema.get())
+
+    @property
+    def min_prob(self) -> float:
+        return _exp(self.min_logprob) if self.tokens else _nan
+
+    @property
+    def max_surprisal(self) -> float:
+        return -self.min_logprob if self.tokens else _nan
+
+    @property
+    def surprisal_var(self) -> float:
+        return self._surprisal.get()
+
+    @property
+    def entropy_mean(self) -> float:
+        return self._entropy_mean.get()
+
+    @property
+    def group_confidence(self) -> float:
+        """DeepConf group confidence: mean token confidence over the last ``group_window`` positions."""
+        return self._group.get()
+
+    @property
+    def window(self) -> int:
+        return self._window.window
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary; undefined values (no tokens yet) are ``None``."""
+        f = _finite_or_none
+        return {
+            "index": self.index,
+            "tokens": self.tokens,
+            "ppl": f(self.ppl),
+            "mean_logprob": f(self.mean_logprob),
+            "min_logprob": f(self.min_logprob),
+            "min_prob": f(self.min_prob),
+            "max_surprisal": f(self.max_surprisal),
+            "surprisal_var": f(self.surprisal_var),
+            "window": self.window,
+            "window_ppl": f(self.window_ppl),
+            "moving_ppl": f(self.moving_ppl),
+            "censored": self.censored,
+            "skipped": self.skipped,
+            "topk_positions": self.topk_positions,
+            "entropy_mean": f(self.entropy_mean),
+            "entropy": f(self.entropy),
+            "tail_mass": f(self.tail_mass),
+            "entropy_lower": f(self.entropy_lower),
+            "entropy_upper": f(self.entropy_upper),
+            "confidence": f(self.confidence),
+            "group_confidence": f(self.group_confidence),
+            "lowest_group_confidence": f(self.lowest_group_confidence),
+        }
+

@@ -1,0 +1,121 @@
+"""The token record and the value policy for odd logprobs.
+
+Every wire format ends up here: one :class:`Token` per generated token, carrying
+the sampled token's logprob after the policy below and the listed alternatives.
+
+The policy (``shared/guide/wire-formats.md``):
+
+* ``null``, NaN, non-numbers and positive logprobs are not tokens of the running
+  statistics: the token is ``SKIPPED``.
+* Censored values (``-9999.0`` or below, which covers llama.cpp's ``-3.4e38`` and
+  ``-inf``) mean "less likely than anything listed": the token is ``CENSORED`` and
+  takes the lowest finite listed alternative at that position, or ``ln(1e-6)``
+  when nothing is listed.
+* Probability mode (llama.cpp ``post_sampling_probs``) takes ``log(prob)``;
+  ``prob == 0`` is censored.
+
+>>> make_token(0, "hi", -0.5, [-0.5, -1.2]).logprob
+-0.5
+>>> t = make_token(0, "x", -9999.0, [-0.1, -3.0, -9999.0])
+>>> t.status is Status.CENSORED, t.logprob
+(True, -3.0)
+>>> make_token(0, "x", None, []).status is Status.SKIPPED
+True
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+from typing import Iterable
+
+__all__ = ["CENSORED_AT_OR_BELOW", "UNLISTED_FLOOR", "Status", "Token", "make_token", "as_logprob"]
+
+#: A logprob at or below this is a placeholder, not a value (OpenAI and vLLM use -9999.0).
+CENSORED_AT_OR_BELOW = -9999.0
+#: What a censored token is worth when the server listed no alternative to bound it.
+UNLISTED_FLOOR = math.log(1e-6)
+
+_log = math.log
+
+
+class Status(IntEnum):
+    """What the value policy made of a token's logprob."""
+
+    OK = 0
+    CENSORED = 1
+    SKIPPED = 2
+
+
+class Token:
+    """One generated token of one choice.
+
+    Attributes:
+        choice: the choice index (``n > 1`` streams interleave choices).
+        text: the token's text, ``""`` when the format does not say.
+        logprob: the value the statistics use (NaN when ``SKIPPED``).
+        status: :class:`Status` of the raw value.
+        alternatives: the listed alternatives' logprobs, finite and not censored.
+    """
+
+    __slots__ = ("choice", "text", "logprob", "status", "alternatives")
+
+    def __init__(
+        self, choice: int, text: str, logprob: float, status: Status, alternatives: tuple[float, ...]
+    ) -> None:
+        self.choice = choice
+        self.text = text
+        self.logprob = logprob
+        self.status = status
+        self.alternatives = alternatives
+
+    def __repr__(self) -> str:
+        return (
+            f"Token(choice={self.choice}, text={self.text!r}, logprob={self.logprob!r}, "
+            f"status={self.status.name}, alternatives={self.alternatives!r})"
+        )
+
+
+def as_logprob(raw: object, prob_mode: bool = False) -> float | None:
+    """The raw value as a logprob, ``None`` if it is not one (the policy's "skipped").
+
+    Censored values come back as they are (``-9999.0``, ``-inf``); the caller decides.
+
+    >>> as_logprob(-1.5), as_logprob(float("nan")), as_logprob(0.25, prob_mode=True)
+    (-1.5, None, -1.3862943611198906)
+    """
+    if type(raw) is not float:
+        # bool is an int but never a logprob; strings are never numbers here.
+        if type(raw) is not int:
+            return None
+        raw = float(raw)
+    if prob_mode:
+        if not 0.0 <= raw <= 1.0:  # also False for NaN
+            return None
+        return _log(raw) if raw > 0.0 else -math.inf
+    if raw != raw or raw > 0.0:  # NaN, or a positive "logprob"
+        return None
+    return raw
+
+
+def _clean_alternatives(alternatives: Iterable[object], prob_mode: bool) -> tuple[float, ...]:
+    out = []
+    for raw in alternatives:
+        value = as_logprob(raw, prob_mode)
+        if value is not None and value > CENSORED_AT_OR_BELOW:
+            out.append(value)
+    return tuple(out)
+
+
+def make_token(
+    choice: int, text: str, raw: object, alternatives: Iterable[object] = (), prob_mode: bool = False
+) -> Token:
+    """Apply the value policy to one token's raw logprob (or probability) and alternatives."""
+    alts = _clean_alternatives(alternatives, prob_mode)
+    value = as_logprob(raw, prob_mode)
+    if value is None:
+        return Token(choice, text, math.nan, Status.SKIPPED, alts)
+    if value <= CENSORED_AT_OR_BELOW:
+        # The sampled token is at least as unlikely as the least likely listed one.
+        return Token(choice, text, min(alts) if alts else UNLISTED_FLOOR, Status.CENSORED, alts)
+    return Token(choice, text, value, Status.OK, alts)
