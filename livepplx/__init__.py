@@ -10,14 +10,49 @@
 
 from .errors import LivepplxError, NoLogprobsError, StreamErrorEvent, StreamFormatError
 from .formats import FORMATS, Parsed, detect_format, parse_chunk
+from .monitor import AsyncMonitoredStream, MonitoredStream, amonitor, monitor
 from .recordings import RECORDINGS, recording_path
 from .sse import Event, StreamDecoder
-from .state import StreamState
+from .state import Stop, StreamState
 from .stats import ChoiceStats
 from .tokens import Status, Token, make_token
+from .triggers import (
+    Condition,
+    Escalation,
+    Trigger,
+    TriggerEvent,
+    entropy_above,
+    group_confidence_below,
+    min_tokens,
+    moving_ppl_above,
+    ppl_above,
+    prob_below,
+    sustained,
+    window_ppl_above,
+)
 
 __all__ = [
+    "AsyncMonitoredStream",
     "ChoiceStats",
+    "Condition",
+    "Escalation",
+    "MonitoredStream",
+    "Stop",
+    "Trigger",
+    "TriggerEvent",
+    "amonitor",
+    "astream",
+    "build_request",
+    "entropy_above",
+    "group_confidence_below",
+    "min_tokens",
+    "monitor",
+    "moving_ppl_above",
+    "ppl_above",
+    "prob_below",
+    "stream",
+    "sustained",
+    "window_ppl_above",
     "Event",
     "FORMATS",
     "LivepplxError",
@@ -37,3 +72,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The client helpers need openai, which is slow to import: load them on first use, so
+# `import livepplx` and `livepplx replay` stay light.
+_LAZY = {"stream": "client", "astream": "client", "build_request": "client"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'livepplx' has no attribute {name!r}")

@@ -82,7 +82,7 @@ def _report(state: StreamState, as_json: bool) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    state = StreamState(window=args.window)
+    state = StreamState(window=args.window, on_missing_logprobs="ignore")
     source = _open(args.path)
     try:
         _read_into(state, source)
@@ -98,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
     code = 0
     for name in [args.name] if args.name else list(RECORDINGS):
         print(f"== {name}: {RECORDINGS[name]}")
-        state = StreamState(window=args.window)
+        state = StreamState(window=args.window, on_missing_logprobs="ignore")
         with open(recording_path(name), "rb") as f:
             _read_into(state, f)
         code = max(code, _report(state, False))

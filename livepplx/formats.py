@@ -32,130 +32,147 @@ class Parsed(NamedTuple):
     error: str | None = None
 
 
-def _f(obj: Any, name: str) -> Any:
-    """A field of a dict or an SDK object, None if absent."""
-    if type(obj) is dict:
-        return obj.get(name)
-    return getattr(obj, name, None)
+def _getter(obj: Any) -> Callable[[Any, str, Any], Any]:
+    """How to read fields from this chunk and everything in it: ``get(obj, name, None)``.
 
-
-def _alternatives(entries: Any, key: str = "logprob") -> list[Any]:
-    return [_f(a, key) for a in entries] if entries else []
+    Both are C builtins, so reading a field costs no Python call; SDK objects are read
+    only by their declared fields, since a missing attribute costs pydantic an exception.
+    """
+    return dict.get if type(obj) is dict else getattr  # type: ignore[return-value]
 
 
 def error_message(chunk: Any) -> str | None:
     """The message of an error event (``{"error": ...}`` in any server's shape), else None."""
-    err = _f(chunk, "error")
+    get = _getter(chunk)
+    err = get(chunk, "error", None)
     if not err:
-        if _f(chunk, "type") == "error":  # the Responses API's error event
-            return str(_f(chunk, "message") or _f(chunk, "code") or "error event")
+        if get(chunk, "type", None) == "error":  # the Responses API's error event
+            return str(get(chunk, "message", None) or get(chunk, "code", None) or "error event")
         return None
     if isinstance(err, str):
         return err
-    message = _f(err, "message")
+    message = _getter(err)(err, "message", None)
     return str(message) if message else str(err)
 
 
-def _has_text(delta: Any) -> bool:
+def _dict_error(chunk: Any) -> str | None:
+    # The openai SDK raises on error chunks itself: only decoded dicts can carry one here.
+    return error_message(chunk) if type(chunk) is dict else None
+
+
+def _has_text(get: Callable[[Any, str, Any], Any], delta: Any) -> bool:
     if delta is None:
         return False
     for key in ("content", "refusal", "reasoning_content", "reasoning"):
-        if _f(delta, key):
+        if get(delta, key, None):
             return True
     return False
 
 
+def _entry_token(get: Callable[[Any, str, Any], Any], index: int, e: Any) -> Token:
+    """One ``{token, logprob, top_logprobs: [{logprob}]}`` entry (chat, responses, ollama)."""
+    tops = get(e, "top_logprobs", None)
+    return make_token(
+        index, get(e, "token", None) or "", get(e, "logprob", None), [get(a, "logprob", None) for a in tops] if tops else ()
+    )
+
+
 def parse_openai_chat(chunk: Any) -> Parsed:
     """OpenAI Chat Completions (and vLLM, SGLang, llama.cpp, Ollama /v1, TGI /v1)."""
+    get = _getter(chunk)
     tokens: list[Token] = []
     unscored = 0
-    for choice in _f(chunk, "choices") or ():
-        index = _f(choice, "index") or 0
-        logprobs = _f(choice, "logprobs")
+    for choice in get(chunk, "choices", None) or ():
+        index = get(choice, "index", None) or 0
+        logprobs = get(choice, "logprobs", None)
         scored = False
         if logprobs is not None:
             # Refusal and reasoning tokens are generated tokens: they count too.
             for key in ("content", "refusal"):
-                for e in _f(logprobs, key) or ():
-                    tokens.append(
-                        make_token(index, _f(e, "token") or "", _f(e, "logprob"), _alternatives(_f(e, "top_logprobs")))
-                    )
+                for e in get(logprobs, key, None) or ():
+                    tokens.append(_entry_token(get, index, e))
                     scored = True
-        if not scored and _has_text(_f(choice, "delta") or _f(choice, "message")):
+        if not scored and _has_text(get, get(choice, "delta", None) or get(choice, "message", None)):
             unscored += 1
-    return Parsed(tokens, unscored, error_message(chunk))
+    return Parsed(tokens, unscored, _dict_error(chunk))
 
 
 def parse_openai_completions(chunk: Any) -> Parsed:
     """OpenAI legacy Completions (and vLLM, llama-cpp-python): parallel lists per chunk."""
+    get = _getter(chunk)
     tokens: list[Token] = []
     unscored = 0
-    for choice in _f(chunk, "choices") or ():
-        index = _f(choice, "index") or 0
-        logprobs = _f(choice, "logprobs")
-        values = _f(logprobs, "token_logprobs") if logprobs is not None else None
+    for choice in get(chunk, "choices", None) or ():
+        index = get(choice, "index", None) or 0
+        logprobs = get(choice, "logprobs", None)
+        values = get(logprobs, "token_logprobs", None) if logprobs is not None else None
         if not values:
-            if _f(choice, "text"):
+            if get(choice, "text", None):
                 unscored += 1
             continue
-        texts = _f(logprobs, "tokens") or ()
-        tops = _f(logprobs, "top_logprobs") or ()
+        texts = get(logprobs, "tokens", None) or ()
+        tops = get(logprobs, "top_logprobs", None) or ()
         for j, raw in enumerate(values):
             top = tops[j] if j < len(tops) else None
             # top_logprobs here is a dict token -> logprob (duplicate tokens collapse).
             tokens.append(make_token(index, texts[j] if j < len(texts) else "", raw, top.values() if top else ()))
-    return Parsed(tokens, unscored, error_message(chunk))
+    return Parsed(tokens, unscored, _dict_error(chunk))
 
 
 def parse_openai_responses(chunk: Any) -> Parsed:
     """OpenAI Responses API events: logprobs ride on ``response.output_text.delta``."""
-    kind = _f(chunk, "type")
+    get = _getter(chunk)
+    kind = get(chunk, "type", None)
     if kind == "response.output_text.delta":
-        entries = _f(chunk, "logprobs")
+        entries = get(chunk, "logprobs", None)
         if not entries:
-            return Parsed([], 1 if _f(chunk, "delta") else 0)
-        return Parsed(
-            [make_token(0, _f(e, "token") or "", _f(e, "logprob"), _alternatives(_f(e, "top_logprobs"))) for e in entries]
-        )
+            return Parsed([], 1 if get(chunk, "delta", None) else 0)
+        return Parsed([_entry_token(get, 0, e) for e in entries])
     if kind == "response.failed":
-        return Parsed([], 0, error_message(_f(chunk, "response")) or "response.failed")
+        return Parsed([], 0, error_message(get(chunk, "response", None)) or "response.failed")
+    if kind == "error":
+        return Parsed([], 0, error_message(chunk))
     # Other events (created, done, output_text.done which repeats the logprobs) add nothing.
-    return Parsed([], 0, error_message(chunk))
+    return Parsed([], 0, _dict_error(chunk))
 
 
 def parse_llamacpp_native(chunk: Any) -> Parsed:
     """llama.cpp ``/completion``: ``logprob`` mode, or ``prob`` mode with ``post_sampling_probs``."""
-    entries = _f(chunk, "completion_probabilities")
+    get = _getter(chunk)
+    entries = get(chunk, "completion_probabilities", None)
     if not entries:
-        return Parsed([], 1 if _f(chunk, "content") else 0, error_message(chunk))
-    index = _f(chunk, "index") or 0
+        return Parsed([], 1 if get(chunk, "content", None) else 0, _dict_error(chunk))
+    index = get(chunk, "index", None) or 0
     tokens = []
     for e in entries:
         if "prob" in e and "logprob" not in e:
-            tokens.append(make_token(index, e.get("token") or "", e["prob"], _alternatives(e.get("top_probs"), "prob"), True))
+            tops = e.get("top_probs") or ()
+            tokens.append(make_token(index, e.get("token") or "", e["prob"], [a.get("prob") for a in tops], True))
         else:
-            tokens.append(make_token(index, e.get("token") or "", e.get("logprob"), _alternatives(e.get("top_logprobs"))))
+            tokens.append(_entry_token(get, index, e))
     return Parsed(tokens)
 
 
 def parse_tgi(chunk: Any) -> Parsed:
     """Hugging Face TGI ``/generate_stream``: one ``token`` per event, ``top_tokens`` beside it."""
-    token = _f(chunk, "token")
+    get = _getter(chunk)
+    token = get(chunk, "token", None)
     if not token:
-        return Parsed([], 0, error_message(chunk))
-    return Parsed([make_token(0, _f(token, "text") or "", _f(token, "logprob"), _alternatives(_f(chunk, "top_tokens")))])
+        return Parsed([], 0, _dict_error(chunk))
+    tops = get(chunk, "top_tokens", None) or ()
+    return Parsed([make_token(0, get(token, "text", None) or "", get(token, "logprob", None),
+                              [get(a, "logprob", None) for a in tops])])
 
 
 def parse_ollama(chunk: Any) -> Parsed:
     """Ollama native ``/api/chat`` and ``/api/generate`` NDJSON: a ``logprobs`` list beside the message."""
-    entries = _f(chunk, "logprobs")
+    get = _getter(chunk)
+    entries = get(chunk, "logprobs", None)
     if not entries:
-        message = _f(chunk, "message")
-        text = (_f(message, "content") or _f(message, "thinking")) if message else _f(chunk, "response")
-        return Parsed([], 1 if text else 0, error_message(chunk))
-    return Parsed(
-        [make_token(0, _f(e, "token") or "", _f(e, "logprob"), _alternatives(_f(e, "top_logprobs"))) for e in entries]
-    )
+        message = get(chunk, "message", None)
+        text = _has_text(get, message) if message else get(chunk, "response", None)
+        return Parsed([], 1 if text else 0, _dict_error(chunk))
+    return Parsed([_entry_token(get, 0, e) for e in entries])
 
 
 #: Every format, by the name reports use.
@@ -175,30 +192,31 @@ def detect_format(chunk: Any) -> str | None:
     Some chunks fit any format (``{"choices": []}``, an error event); detection then
     waits for the next one.
     """
-    choices = _f(chunk, "choices")
+    get = _getter(chunk)
+    choices = get(chunk, "choices", None)
     if choices is not None:
-        obj = _f(chunk, "object")
+        obj = get(chunk, "object", None)
         if obj == "chat.completion.chunk":
             return "openai-chat"
         if obj == "text_completion":
             return "openai-completions"
         for choice in choices:
             # "message": a non-streamed answer reads the same way.
-            if _f(choice, "delta") is not None or _f(choice, "message") is not None:
+            if get(choice, "delta", None) is not None or get(choice, "message", None) is not None:
                 return "openai-chat"
-            if _f(choice, "text") is not None:
+            if get(choice, "text", None) is not None:
                 return "openai-completions"
         return None
-    kind = _f(chunk, "type")
+    kind = get(chunk, "type", None)
     if isinstance(kind, str) and kind.startswith("response."):
         return "openai-responses"
-    if _f(chunk, "completion_probabilities") is not None or (
-        _f(chunk, "content") is not None and _f(chunk, "stop") is not None
-    ):
+    if type(chunk) is not dict:
+        return None  # the remaining formats come only as decoded JSON
+    if "completion_probabilities" in chunk or ("content" in chunk and "stop" in chunk):
         return "llamacpp-native"
-    if isinstance(_f(chunk, "token"), dict) or _f(chunk, "top_tokens") is not None:
+    if isinstance(chunk.get("token"), dict) or "top_tokens" in chunk:
         return "tgi"
-    if _f(chunk, "done") is not None and (_f(chunk, "message") is not None or _f(chunk, "response") is not None):
+    if "done" in chunk and ("message" in chunk or "response" in chunk):
         return "ollama"
     return None
 

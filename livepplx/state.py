@@ -15,15 +15,42 @@ drive this one object, so they cannot disagree.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
 
 from .errors import NoLogprobsError, StreamFormatError
 from .formats import FORMATS, detect_format, error_message
 from .sse import StreamDecoder
 from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
-from .tokens import Token
+from .tokens import SKIPPED, Token
+from .triggers import Escalation, Trigger, TriggerEvent, min_tokens, ppl_above
 
-__all__ = ["StreamState"]
+__all__ = ["StreamState", "Stop", "stop_above_trigger"]
+
+MissingPolicy = Literal["raise", "warn", "ignore"]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a stream was stopped."""
+
+    #: the trigger's name, or why else it stopped (e.g. "interrupted")
+    reason: str
+    #: the choice whose statistics crossed
+    choice: int
+    #: that choice's token count when it stopped
+    at_token: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "choice": self.choice, "at_token": self.at_token}
+
+
+def stop_above_trigger(limit: float, warmup: int = 8) -> Trigger:
+    """The ``stop_above`` shortcut: stop once any choice's running PPL exceeds ``limit``
+    after ``warmup`` tokens."""
+    return Trigger(ppl_above(limit) & min_tokens(warmup), stop=True, name=f"ppl above {limit:g}")
 
 
 class StreamState:
@@ -34,8 +61,16 @@ class StreamState:
         ema_alpha: weight of the newest token in the moving perplexity (default ``2/(window+1)``).
         group_window: tokens in DeepConf's group confidence (default 2048).
         vocab_size: the model's vocabulary size, for the entropy upper bound.
-        text_limit: characters of each choice's text kept for callbacks and views
-            (default 8192; ``None`` keeps all of it, which makes memory grow with the answer).
+        text_limit: characters of each choice's text kept for callbacks and views: the
+            last 8192 by default, so memory stays bounded; ``None`` keeps all of it.
+        triggers: :class:`Trigger` objects checked after every token of every choice.
+        stop_above: shortcut for a trigger that stops once any choice's running PPL
+            exceeds this after ``min_tokens`` tokens.
+        min_tokens: the warm-up of ``stop_above`` (default 8).
+        on_missing_logprobs: what to do when ``missing_after`` chunks of text arrived and
+            not one logprob: ``"raise"`` :class:`NoLogprobsError` (default), ``"warn"``, ``"ignore"``.
+        missing_after: how many chunks of text without logprobs prove the endpoint drops them (default 3).
+        request: the request the stream was opened with, handed to escalation callbacks.
     """
 
     def __init__(
@@ -46,7 +81,15 @@ class StreamState:
         group_window: int = 2048,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
         text_limit: int | None = 8192,
+        triggers: Iterable[Trigger] = (),
+        stop_above: float | None = None,
+        min_tokens: int = 8,
+        on_missing_logprobs: MissingPolicy = "raise",
+        missing_after: int = 3,
+        request: dict[str, Any] | None = None,
     ) -> None:
+        if on_missing_logprobs not in ("raise", "warn", "ignore"):
+            raise ValueError(f"on_missing_logprobs must be 'raise', 'warn' or 'ignore', got {on_missing_logprobs!r}")
         self._stats_options = dict(window=window, ema_alpha=ema_alpha, group_window=group_window, vocab_size=vocab_size)
         ChoiceStats(**self._stats_options)  # check the options now, not at the first token
         self.text_limit = text_limit
@@ -54,7 +97,7 @@ class StreamState:
         self.format: str | None = None
         #: statistics by choice index
         self.choices: dict[int, ChoiceStats] = {}
-        #: the text of each choice (its last ``text_limit`` characters)
+        #: the text of each choice (at most its last ``text_limit`` characters)
         self.texts: dict[int, str] = {}
         #: the message of a mid-stream error, or why reading stopped; None while all is well
         self.error: str | None = None
@@ -64,6 +107,21 @@ class StreamState:
         self.unrecognized = 0
         #: pieces of generated text that came without logprobs
         self.unscored = 0
+        #: why the stream stopped early, None while it runs
+        self.stopped: Stop | None = None
+        #: the latest trigger events, newest last (at most 100 kept)
+        self.events: deque[TriggerEvent] = deque(maxlen=100)
+        #: how many times each trigger fired, by name
+        self.fired: dict[str, int] = {}
+        self.request = dict(request or {})
+        self.triggers = list(triggers)
+        if stop_above is not None:
+            self.triggers.append(stop_above_trigger(stop_above, min_tokens))
+        self.on_missing_logprobs = on_missing_logprobs
+        self.missing_after = missing_after
+        self._missing_seen = False
+        # Per choice: [trigger, its condition bound to this choice, armed?]
+        self._armed: dict[int, list[list[Any]]] = {}
         self._decoder: StreamDecoder | None = None
 
     # -- input ------------------------------------------------------------------------
@@ -82,16 +140,18 @@ class StreamState:
         return self._handle_object(chunk)
 
     def finish(self) -> None:
-        """The input ended: flush raw input, and record a truncated stream as the error."""
-        if self._decoder is None:
-            return
-        try:
-            events = self._decoder.close()
-        except StreamFormatError as e:
-            self.error = self.error or str(e)
-            return
-        for event in events:
-            self._handle_object(event.data)
+        """The input ended: flush raw input, record a truncated stream as the error, and
+        apply the missing-logprobs policy to a stream too short to have shown it."""
+        if self._decoder is not None:
+            try:
+                events = self._decoder.close()
+            except StreamFormatError as e:
+                self.error = self.error or str(e)
+                return
+            for event in events:
+                self._handle_object(event.data)
+        if self.unscored and not self.choices:
+            self._missing_logprobs()
 
     def _handle_raw(self, data: bytes | bytearray | memoryview | str) -> list[Token]:
         if self._decoder is None:
@@ -124,10 +184,26 @@ class StreamState:
         parsed = FORMATS[fmt](chunk)
         if parsed.error:
             self.error = self.error or parsed.error
-        self.unscored += parsed.unscored
+        if parsed.unscored:
+            self.unscored += parsed.unscored
+            if not self.choices and self.unscored >= self.missing_after:
+                self._missing_logprobs()
         for token in parsed.tokens:
             self._add(token)
+            if self.stopped is not None:
+                break  # what follows the crossing token in the same chunk is not counted
         return parsed.tokens
+
+    def _missing_logprobs(self) -> None:
+        if self._missing_seen or self.on_missing_logprobs == "ignore":
+            return
+        self._missing_seen = True
+        error = NoLogprobsError(f"{self.unscored} chunks of generated text came without logprobs")
+        if self.on_missing_logprobs == "warn":
+            warnings.warn(str(error), RuntimeWarning, stacklevel=4)
+            return
+        self.error = self.error or str(error)
+        raise error
 
     def _add(self, token: Token) -> None:
         index = token.choice
@@ -135,14 +211,37 @@ class StreamState:
         if stats is None:
             stats = self.choices[index] = ChoiceStats(index, **self._stats_options)
             self.texts[index] = ""
+            self._armed[index] = [[t, t.when.bind(), True] for t in self.triggers]
         stats.update(token)
         if token.text:
             text = self.texts[index] + token.text
             limit = self.text_limit
-            # Trim in steps of `limit` so the copy is amortised O(1) per character.
-            if limit is not None and len(text) > 2 * limit:
-                text = text[-limit:]
+            if limit is not None and len(text) > limit:
+                text = text[-limit:] if limit else ""
             self.texts[index] = text
+        if token.status is not SKIPPED:
+            for slot in self._armed[index]:
+                if slot[1](stats):
+                    if slot[2]:
+                        slot[2] = False
+                        self._fire(slot[0], stats)
+                else:
+                    slot[2] = True  # the value came back: the next crossing fires again
+
+    def _fire(self, trigger: Trigger, stats: ChoiceStats) -> None:
+        event = TriggerEvent(trigger.name, stats.index, stats.tokens, stats.as_dict(), self.text(stats.index))
+        self.events.append(event)
+        self.fired[trigger.name] = self.fired.get(trigger.name, 0) + 1
+        if trigger.stop and self.stopped is None:
+            self.stopped = Stop(trigger.name, stats.index, stats.tokens)
+        trigger.call(event)
+        if trigger.escalate is not None:
+            trigger.escalate(Escalation(event, self.request))
+
+    def stop(self, reason: str, choice: int = 0) -> None:
+        """Mark the stream stopped from outside (a user's decision, Ctrl-C)."""
+        if self.stopped is None:
+            self.stopped = Stop(reason, choice, self.choice(choice).tokens)
 
     # -- output -----------------------------------------------------------------------
 
@@ -152,7 +251,7 @@ class StreamState:
         return stats if stats is not None else ChoiceStats(index, **self._stats_options)
 
     def text(self, index: int = 0) -> str:
-        """The choice's text so far (its last ``text_limit`` characters or more)."""
+        """The choice's text so far (at most its last ``text_limit`` characters)."""
         return self.texts.get(index, "")
 
     @property
@@ -188,5 +287,6 @@ class StreamState:
             "ppl": first["ppl"],
             "choices": [self.choices[i].as_dict() for i in sorted(self.choices)],
             "error": self.error,
+            "stopped": self.stopped.as_dict() if self.stopped else None,
         }
 

@@ -14,9 +14,10 @@ Each small statistic follows one protocol, ``update(x)`` then ``get()``, and
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any, Sequence
 
-from .tokens import Status, Token
+from .tokens import CENSORED, SKIPPED, Token
 
 __all__ = [
     "Mean",
@@ -92,29 +93,29 @@ class RollingMean:
         if window < 1:
             raise ValueError(f"window must be a positive number of tokens, got {window}")
         self.window = window
-        self._buf = [0.0] * window
+        # Raw doubles: the memory is fixed from the start (a list would grow by a float
+        # object per slot as the window fills).
+        self._buf = array("d", bytes(8 * window))
         self._pos = 0
         self._count = 0
         self._sum = 0.0
         self._comp = 0.0
 
-    def _add(self, x: float) -> None:
-        s = self._sum
-        t = s + x
-        if abs(s) >= abs(x):
-            self._comp += (s - t) + x
-        else:
-            self._comp += (x - t) + s
-        self._sum = t
-
     def update(self, x: float) -> None:
         i = self._pos
+        s, comp = self._sum, self._comp
         if self._count == self.window:
-            self._add(-self._buf[i])
+            # Take out the value that leaves (compensated, like the add below).
+            old = -self._buf[i]
+            t = s + old
+            comp += (s - t) + old if abs(s) >= abs(old) else (old - t) + s
+            s = t
         else:
             self._count += 1
         self._buf[i] = x
-        self._add(x)
+        t = s + x
+        comp += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
+        self._sum, self._comp = t, comp
         self._pos = i + 1 if i + 1 < self.window else 0
 
     @property
@@ -296,10 +297,10 @@ class ChoiceStats:
     def update(self, token: Token) -> None:
         """Add one token (O(1): the work does not depend on how many came before)."""
         status = token.status
-        if status is Status.SKIPPED:
+        if status is SKIPPED:
             self.skipped += 1
             return
-        if status is Status.CENSORED:
+        if status is CENSORED:
             self.censored += 1
         lp = token.logprob
         self.tokens += 1
@@ -374,6 +375,10 @@ class ChoiceStats:
     @property
     def window(self) -> int:
         return self._window.window
+
+    @property
+    def group_window(self) -> int:
+        return self._group.window
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary; undefined values (no tokens yet) are ``None``."""

@@ -47,6 +47,10 @@ class Status(IntEnum):
     SKIPPED = 2
 
 
+# Enum attribute lookups cost ~100 ns each: the hot paths use these names instead.
+OK, CENSORED, SKIPPED = Status.OK, Status.CENSORED, Status.SKIPPED
+
+
 class Token:
     """One generated token of one choice.
 
@@ -99,8 +103,17 @@ def as_logprob(raw: object, prob_mode: bool = False) -> float | None:
 
 
 def _clean_alternatives(alternatives: Iterable[object], prob_mode: bool) -> tuple[float, ...]:
+    values = tuple(alternatives)
+    if not prob_mode and values:
+        # Fast path: every value an ordinary logprob. min/max raise TypeError on None or
+        # a string, and a NaN makes the sum compare unequal to itself.
+        try:
+            if min(values) > CENSORED_AT_OR_BELOW and max(values) <= 0.0 and sum(values) == sum(values):
+                return values  # type: ignore[return-value]
+        except TypeError:
+            pass
     out = []
-    for raw in alternatives:
+    for raw in values:
         value = as_logprob(raw, prob_mode)
         if value is not None and value > CENSORED_AT_OR_BELOW:
             out.append(value)
@@ -112,10 +125,12 @@ def make_token(
 ) -> Token:
     """Apply the value policy to one token's raw logprob (or probability) and alternatives."""
     alts = _clean_alternatives(alternatives, prob_mode)
+    if type(raw) is float and CENSORED_AT_OR_BELOW < raw <= 0.0 and not prob_mode:
+        return Token(choice, text, raw, OK, alts)  # the common case, first
     value = as_logprob(raw, prob_mode)
     if value is None:
-        return Token(choice, text, math.nan, Status.SKIPPED, alts)
+        return Token(choice, text, math.nan, SKIPPED, alts)
     if value <= CENSORED_AT_OR_BELOW:
         # The sampled token is at least as unlikely as the least likely listed one.
-        return Token(choice, text, min(alts) if alts else UNLISTED_FLOOR, Status.CENSORED, alts)
-    return Token(choice, text, value, Status.OK, alts)
+        return Token(choice, text, min(alts) if alts else UNLISTED_FLOOR, CENSORED, alts)
+    return Token(choice, text, value, OK, alts)

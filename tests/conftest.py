@@ -57,3 +57,100 @@ def recording(request: pytest.FixtureRequest) -> Path:
 def chunks_of(data: bytes, size: int) -> Iterator[bytes]:
     for i in range(0, len(data), size):
         yield data[i : i + size]
+
+
+# -- an HTTP server mocked at the transport: real SSE bytes, a body that records reads and close
+
+
+class CountingBody:
+    """A response body that serves SSE events one by one and records how much was read."""
+
+    def __init__(self, events: list[bytes], then_fail: BaseException | None = None) -> None:
+        self.events = events
+        self.then_fail = then_fail  # raised after the last event: a dropped connection
+        self.read = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for event in self.events:
+            if self.closed:
+                return
+            self.read += 1
+            yield event
+        if self.then_fail is not None:
+            raise self.then_fail
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for event in self.events:
+            if self.closed:
+                return
+            self.read += 1
+            yield event
+        if self.then_fail is not None:
+            raise self.then_fail
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def token_event(text: str, logprob: float, index: int = 0, top: int = 3) -> bytes:
+    """One chat chunk, one token, as an SSE event."""
+    alts = [{"token": text, "logprob": logprob, "bytes": None}] + [
+        {"token": f"alt{i}", "logprob": logprob - 1.0 - i, "bytes": None} for i in range(top - 1)
+    ]
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [
+        {"index": index, "delta": {"content": text}, "finish_reason": None,
+         "logprobs": {"content": [{"token": text, "logprob": logprob, "bytes": None, "top_logprobs": alts[:top]}]}}]}
+    return sse(chunk, done=False)
+
+
+def openai_clients(handler: Any) -> tuple[Any, Any]:
+    """A sync and an async OpenAI client whose HTTP goes to `handler` (no network)."""
+    import httpx
+    import openai
+
+    sync = openai.OpenAI(api_key="sk-test", base_url="http://test.invalid/v1",
+                         http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    asyn = openai.AsyncOpenAI(api_key="sk-test", base_url="http://test.invalid/v1",
+                              http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    return sync, asyn
+
+
+def sse_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+    import httpx
+
+    class Stream(_Stream, httpx.SyncByteStream, httpx.AsyncByteStream):
+        pass
+
+    return httpx.Response(status, stream=Stream(body), headers={"content-type": "text/event-stream", **(headers or {})})
+
+
+class _Stream:
+    """httpx's byte-stream protocol (sync and async) over a CountingBody or bytes."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        if isinstance(self.body, bytes):
+            yield self.body
+        else:
+            yield from self.body
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        if isinstance(self.body, bytes):
+            yield self.body
+        else:
+            async for part in self.body:
+                yield part
+
+    def close(self) -> None:
+        if not isinstance(self.body, bytes):
+            self.body.close()
+
+    async def aclose(self) -> None:
+        if not isinstance(self.body, bytes):
+            await self.body.aclose()

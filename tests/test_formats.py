@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_RECORDINGS, chunks_of, ppl_of, recorded_logprobs, replay, sse
+from livepplx.errors import NoLogprobsError
 from livepplx.formats import detect_format, parse_chunk
 from livepplx.tokens import Status
 
@@ -151,8 +152,12 @@ def test_llamacpp_log_zero_and_null_logprobs() -> None:
 
 def test_endpoint_that_ignores_logprobs_is_seen() -> None:
     chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": None}]}
-    state = replay(sse(chunk, chunk, chunk))
+    state = replay(sse(chunk, chunk, chunk), on_missing_logprobs="ignore")
     assert state.tokens == 0 and state.unscored == 3
+    with pytest.raises(NoLogprobsError, match="top_logprobs"):
+        replay(sse(chunk, chunk, chunk))
+    with pytest.warns(RuntimeWarning, match="logprobs=True"):
+        replay(sse(chunk, chunk, chunk), on_missing_logprobs="warn")
 
 
 def test_non_streamed_chat_answer_reads_too() -> None:

@@ -53,3 +53,8 @@ def test_probability_mode_takes_logs_and_censors_zero(prob: float, status: Statu
     assert token.status is status
     assert token.alternatives == (math.log(0.5), math.log(0.25))
     assert (math.isnan(token.logprob) and math.isnan(logprob)) or token.logprob == logprob
+
+
+def test_alternatives_keep_only_ordinary_logprobs() -> None:
+    token = make_token(0, "x", -0.1, [-0.1, math.nan, None, "x", 0.5, -2.0, -9999.0])
+    assert token.alternatives == (-0.1, -2.0)

@@ -1,0 +1,315 @@
+"""Threshold triggers: conditions over the live statistics, and what to do when they hold.
+
+A condition is a small object called with one choice's :class:`ChoiceStats` after
+each token; it returns True when the trigger should fire. Conditions combine with
+``|`` and ``&`` (as tenacity's stop strategies do), and a plain function of the
+statistics is accepted wherever a condition is.
+
+>>> from livepplx.stats import ChoiceStats
+>>> from livepplx.tokens import make_token
+>>> rule = ppl_above(5.0) & min_tokens(2)
+>>> s = ChoiceStats()
+>>> s.update(make_token(0, "", -3.0)); rule(s)    # ppl 20, but only one token
+False
+>>> s.update(make_token(0, "", -2.0)); rule(s)    # ppl exp(2.5) = 12.2 after two
+True
+
+The firing rule: a :class:`Trigger` fires once per crossing. It fires on the first
+token at which its condition holds, then stays quiet while the condition keeps
+holding, and re-arms on the first token at which the condition no longer holds;
+the next crossing fires again. Each choice of an ``n > 1`` stream has its own
+arming state, and every stream binds its own copy of a stateful condition
+(:func:`sustained`), so one trigger object can watch many streams at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from .stats import ChoiceStats
+
+__all__ = [
+    "Condition",
+    "ConditionLike",
+    "ppl_above",
+    "window_ppl_above",
+    "moving_ppl_above",
+    "prob_below",
+    "group_confidence_below",
+    "entropy_above",
+    "min_tokens",
+    "sustained",
+    "Trigger",
+    "TriggerEvent",
+    "Escalation",
+]
+
+
+class Condition:
+    """Base of every condition: ``condition(stats) -> bool``; combine with ``|`` and ``&``."""
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        raise NotImplementedError
+
+    def bind(self) -> Condition:
+        """A copy for one choice of one stream; stateless conditions return themselves."""
+        return self
+
+    def __or__(self, other: ConditionLike) -> Condition:
+        return AnyOf(self, as_condition(other))
+
+    def __ror__(self, other: ConditionLike) -> Condition:
+        return AnyOf(as_condition(other), self)
+
+    def __and__(self, other: ConditionLike) -> Condition:
+        return AllOf(self, as_condition(other))
+
+    def __rand__(self, other: ConditionLike) -> Condition:
+        return AllOf(as_condition(other), self)
+
+
+ConditionLike = Union[Condition, Callable[[ChoiceStats], bool]]
+
+
+class _Function(Condition):
+    def __init__(self, fn: Callable[[ChoiceStats], bool]) -> None:
+        self.fn = fn
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        return bool(self.fn(stats))
+
+    def __repr__(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+
+def as_condition(value: ConditionLike) -> Condition:
+    """A condition from a condition or a plain function of the statistics."""
+    if isinstance(value, Condition):
+        return value
+    if callable(value):
+        return _Function(value)
+    raise TypeError(f"a trigger condition must be a Condition or a function of ChoiceStats, got {value!r}")
+
+
+class AnyOf(Condition):
+    """Holds when any of its conditions holds (``a | b``)."""
+
+    def __init__(self, *conditions: Condition) -> None:
+        self.conditions = conditions
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        return any(c(stats) for c in self.conditions)
+
+    def bind(self) -> Condition:
+        return AnyOf(*(c.bind() for c in self.conditions))
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.conditions))
+
+
+class AllOf(Condition):
+    """Holds when all of its conditions hold (``a & b``); stops at the first that does not."""
+
+    def __init__(self, *conditions: Condition) -> None:
+        self.conditions = conditions
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        return all(c(stats) for c in self.conditions)
+
+    def bind(self) -> Condition:
+        return AllOf(*(c.bind() for c in self.conditions))
+
+    def __repr__(self) -> str:
+        return " & ".join(f"({c!r})" if isinstance(c, AnyOf) else repr(c) for c in self.conditions)
+
+
+class _Threshold(Condition):
+    """``value(stats) > limit`` (or ``<`` for the ``_below`` kinds); NaN never holds."""
+
+    name = ""
+    below = False
+
+    def __init__(self, limit: float) -> None:
+        if not isinstance(limit, (int, float)) or math.isnan(limit):
+            raise ValueError(f"{self.name}() needs a number, got {limit!r}")
+        self.limit = float(limit)
+
+    def value(self, stats: ChoiceStats) -> float:
+        raise NotImplementedError
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        v = self.value(stats)
+        return v < self.limit if self.below else v > self.limit
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.limit:g})"
+
+
+class ppl_above(_Threshold):
+    """The running perplexity exceeds ``limit``."""
+
+    name = "ppl_above"
+
+    def value(self, stats: ChoiceStats) -> float:
+        return stats.ppl
+
+
+class window_ppl_above(_Threshold):
+    """The perplexity of the last ``window`` tokens exceeds ``limit``."""
+
+    name = "window_ppl_above"
+
+    def value(self, stats: ChoiceStats) -> float:
+        return stats.window_ppl
+
+
+class moving_ppl_above(_Threshold):
+    """The exponentially weighted moving perplexity exceeds ``limit``."""
+
+    name = "moving_ppl_above"
+
+    def value(self, stats: ChoiceStats) -> float:
+        return stats.moving_ppl
+
+
+class prob_below(_Threshold):
+    """The newest token's probability is below ``theta`` (FLARE's trigger; FLARE used 0.8,
+    LangChain's FlareChain 0.2)."""
+
+    name = "prob_below"
+    below = True
+
+    def value(self, stats: ChoiceStats) -> float:
+        return math.exp(stats.last_logprob)
+
+
+class entropy_above(_Threshold):
+    """The newest position's renormalised top-k entropy (nats) exceeds ``limit``."""
+
+    name = "entropy_above"
+
+    def value(self, stats: ChoiceStats) -> float:
+        return stats.entropy
+
+
+class group_confidence_below(_Threshold):
+    """DeepConf: the group confidence (mean token confidence over a full window of
+    ``group_window`` positions) has dropped below ``limit``.
+
+    With ``full_window=False`` a partial window counts too, for answers shorter than
+    the window.
+    """
+
+    name = "group_confidence_below"
+    below = True
+
+    def __init__(self, limit: float, full_window: bool = True) -> None:
+        super().__init__(limit)
+        self.full_window = full_window
+
+    def value(self, stats: ChoiceStats) -> float:
+        if self.full_window and stats.topk_positions < stats.group_window:
+            return math.nan
+        return stats.group_confidence
+
+
+class min_tokens(Condition):
+    """At least ``n`` tokens have been seen (a warm-up before other conditions count)."""
+
+    def __init__(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"min_tokens() needs n >= 0, got {n}")
+        self.n = n
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        return stats.tokens >= self.n
+
+    def __repr__(self) -> str:
+        return f"min_tokens({self.n})"
+
+
+class sustained(Condition):
+    """``condition`` has held for the last ``n`` tokens in a row."""
+
+    def __init__(self, condition: ConditionLike, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"sustained() needs n >= 1 tokens, got {n}")
+        self.condition = as_condition(condition)
+        self.n = n
+        self._run = 0
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        self._run = self._run + 1 if self.condition(stats) else 0
+        return self._run >= self.n
+
+    def bind(self) -> Condition:
+        return sustained(self.condition.bind(), self.n)
+
+    def __repr__(self) -> str:
+        return f"sustained({self.condition!r}, {self.n})"
+
+
+@dataclass(frozen=True)
+class TriggerEvent:
+    """What a callback is told when its trigger fires."""
+
+    #: the trigger's name (its condition written out, unless named)
+    trigger: str
+    #: the choice whose statistics crossed
+    choice: int
+    #: how many tokens of that choice had been counted (the crossing token is the last)
+    at_token: int
+    #: a snapshot of that choice's statistics (:meth:`ChoiceStats.as_dict`)
+    stats: dict[str, Any]
+    #: the choice's text so far (its last ``text_limit`` characters)
+    text: str
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """What an escalation callback gets to start a follow-up request."""
+
+    #: the event that escalated
+    event: TriggerEvent
+    #: the request the stream was opened with, when the stream was opened by livepplx
+    request: dict[str, Any] = field(default_factory=dict)
+
+
+def _no_callback(event: Any) -> None:
+    return None
+
+
+class Trigger:
+    """A condition and what to do when it holds.
+
+    Args:
+        when: a condition (or a function of :class:`ChoiceStats` returning bool).
+        call: a callback given a :class:`TriggerEvent` each time the trigger fires.
+        stop: stop the stream when it fires (closes the HTTP response, so the server stops).
+        escalate: a callback given an :class:`Escalation`; the stream is stopped first,
+            so the follow-up request can start at once.
+        name: how reports name the trigger (default: the condition written out).
+
+    >>> Trigger(ppl_above(20) & min_tokens(8), stop=True).name
+    'ppl_above(20) & min_tokens(8)'
+    """
+
+    def __init__(
+        self,
+        when: ConditionLike,
+        *,
+        call: Callable[[TriggerEvent], Any] | None = None,
+        stop: bool = False,
+        escalate: Callable[[Escalation], Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.when = as_condition(when)
+        self.call = call or _no_callback
+        self.escalate = escalate
+        self.stop = stop or escalate is not None
+        self.name = name or repr(self.when)
+
+    def __repr__(self) -> str:
+        return f"Trigger({self.name!r}, stop={self.stop})"
