@@ -224,12 +224,12 @@ class StreamState:
                 if slot[1](stats):
                     if slot[2]:
                         slot[2] = False
-                        self._fire(slot[0], stats)
+                        self._fire(slot[0], stats, token.text)
                 else:
                     slot[2] = True  # the value came back: the next crossing fires again
 
-    def _fire(self, trigger: Trigger, stats: ChoiceStats) -> None:
-        event = TriggerEvent(trigger.name, stats.index, stats.tokens, stats.as_dict(), self.text(stats.index))
+    def _fire(self, trigger: Trigger, stats: ChoiceStats, token: str) -> None:
+        event = TriggerEvent(trigger.name, stats.index, stats.tokens, token, stats.as_dict(), self.text(stats.index))
         self.events.append(event)
         self.fired[trigger.name] = self.fired.get(trigger.name, 0) + 1
         if trigger.stop and self.stopped is None:

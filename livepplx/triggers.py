@@ -33,6 +33,7 @@ from .stats import ChoiceStats
 __all__ = [
     "Condition",
     "ConditionLike",
+    "Not",
     "ppl_above",
     "window_ppl_above",
     "moving_ppl_above",
@@ -68,6 +69,9 @@ class Condition:
 
     def __rand__(self, other: ConditionLike) -> Condition:
         return AllOf(as_condition(other), self)
+
+    def __invert__(self) -> Condition:
+        return Not(self)
 
 
 ConditionLike = Union[Condition, Callable[[ChoiceStats], bool]]
@@ -123,6 +127,23 @@ class AllOf(Condition):
 
     def __repr__(self) -> str:
         return " & ".join(f"({c!r})" if isinstance(c, AnyOf) else repr(c) for c in self.conditions)
+
+
+class Not(Condition):
+    """Holds when its condition does not (``~a``); NaN comparisons make ``~prob_below(x)``
+    hold before the first token too."""
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+
+    def __call__(self, stats: ChoiceStats) -> bool:
+        return not self.condition(stats)
+
+    def bind(self) -> Condition:
+        return Not(self.condition.bind())
+
+    def __repr__(self) -> str:
+        return f"~{self.condition!r}"
 
 
 class _Threshold(Condition):
@@ -261,6 +282,8 @@ class TriggerEvent:
     choice: int
     #: how many tokens of that choice had been counted (the crossing token is the last)
     at_token: int
+    #: the crossing token's text
+    token: str
     #: a snapshot of that choice's statistics (:meth:`ChoiceStats.as_dict`)
     stats: dict[str, Any]
     #: the choice's text so far (its last ``text_limit`` characters)

@@ -1,0 +1,55 @@
+"""The examples run for real, against recorded SSE bytes served through httpx's MockTransport."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from conftest import openai_clients, sse_response
+from livepplx.recordings import recording_path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serving(*names: str):  # type: ignore[no-untyped-def]
+    bodies = itertools.cycle([recording_path(n).read_bytes() for n in names])
+    return openai_clients(lambda request: sse_response(next(bodies)))[0]
+
+
+def test_wrap_openai_stream(capsys: pytest.CaptureFixture[str]) -> None:
+    summary = load("wrap_openai_stream").main(serving("llamacpp-python-chat"), "m", "hi")
+    assert summary["tokens"] == 50 and "perplexity 10.16" in capsys.readouterr().out
+
+
+def test_stop_early(capsys: pytest.CaptureFixture[str]) -> None:
+    summary = load("stop_early").main(serving("llamacpp-python-chat"), "m", "hi", stop_above=12.0)
+    assert summary["stopped"] == {"reason": "ppl above 12", "choice": 0, "at_token": 14}
+    assert "stopped at token 14" in capsys.readouterr().out
+
+
+def test_flare_spans(capsys: pytest.CaptureFixture[str]) -> None:
+    spans = load("flare_spans").main(serving("llamacpp-python-chat"), "m", "hi", theta=0.4)
+    out = capsys.readouterr().out
+    assert spans and out.count("[[") == len(spans) and all(a < b for a, b in spans)
+
+
+def test_deepconf_stop(capsys: pytest.CaptureFixture[str]) -> None:
+    result = load("deepconf_stop").main(serving("llamacpp-python-chat", "llamacpp-server-chat"), "m", "hi",
+                                        warmup=4, traces=4, eta=10)
+    # Warm-ups alternate two recordings; DeepConf-low keeps only the more confident one's
+    # level, so the traces of the other stop early.
+    assert result["stopped"] == 2 and result["tokens"] < 2 * 50 + 2 * 30
+    assert "threshold s =" in capsys.readouterr().out
