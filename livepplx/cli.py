@@ -1,7 +1,7 @@
-"""The ``livepplx`` command line.
+"""The ``livepplx`` command line: ``chat``, ``replay``, ``demo``, ``calibrate``.
 
 Exit codes: 0 done, 1 the stream or the request failed (one clear line on stderr),
-2 usage errors, 130 interrupted.
+2 usage errors, 130 interrupted (the summary of what was read is still printed).
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
-from typing import IO, Any, Sequence
+import time
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import LivepplxError
 from .recordings import RECORDINGS, recording_path
@@ -19,21 +21,25 @@ from .state import StreamState
 __all__ = ["main"]
 
 _READ_SIZE = 1 << 16
+#: Tokens per second of `livepplx demo`: about what a small local model streams.
+DEMO_PACE = 40.0
 
 
 class _Fail(Exception):
     """An error to report as one line and exit 1."""
 
 
-def _read_into(state: StreamState, source: IO[bytes]) -> None:
+# -- sources of raw stream bytes ------------------------------------------------------------
+
+
+def _reads(source: IO[bytes]) -> Iterator[bytes]:
     # read1 returns what is there now, so `curl -N ... | livepplx replay -` stays live.
     read = getattr(source, "read1", source.read)
     while True:
         data = read(_READ_SIZE)
         if not data:
-            break
-        state.handle(data)
-    state.finish()
+            return
+        yield data
 
 
 def _open(path: str) -> IO[bytes]:
@@ -45,25 +51,42 @@ def _open(path: str) -> IO[bytes]:
         raise _Fail(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def _paced(chunks: Iterable[bytes], state: StreamState, tokens_per_second: float) -> Iterator[bytes]:
+    """Let chunks through no faster than `tokens_per_second` (what the state has counted)."""
+    start = time.monotonic()
+    for chunk in chunks:
+        yield chunk
+        due = start + state.total_tokens / tokens_per_second
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+# -- output ------------------------------------------------------------------------------
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def _print_summary(summary: dict[str, Any], out: IO[str]) -> None:
-    print(f"format: {summary['format'] or 'unknown'}", file=out)
+def _summary_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [f"format: {summary['format'] or 'unknown'}"]
     for c in summary["choices"]:
-        print(
+        lines.append(
             f"choice {c['index']}: {c['tokens']} tokens  ppl {_fmt(c['ppl'])}  "
             f"window ppl {_fmt(c['window_ppl'])}  min p {_fmt(c['min_prob'], '.4f')}  "
-            f"mean entropy {_fmt(c['entropy_mean'])}  censored {c['censored']}  skipped {c['skipped']}",
-            file=out,
+            f"mean entropy {_fmt(c['entropy_mean'])}  censored {c['censored']}  skipped {c['skipped']}"
         )
+    stopped = summary.get("stopped")
+    if stopped:
+        lines.append(f"stopped: choice {stopped['choice']} at token {stopped['at_token']}: {stopped['reason']}")
+    return lines
 
 
-def _report(state: StreamState, as_json: bool) -> int:
-    """Print the outcome of a read stream; return the exit code."""
+def _outcome(state: StreamState) -> tuple[dict[str, Any], str | None]:
+    """The summary, and what failed (None when all is well)."""
     failure = state.error
-    if failure is None:
+    if failure is None and state.stopped is None:
         try:
             state.check_logprobs()
         except LivepplxError as e:
@@ -71,45 +94,203 @@ def _report(state: StreamState, as_json: bool) -> int:
     summary = state.summary()
     if failure is not None:
         summary["error"] = failure
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        _print_summary(summary, sys.stdout)
-    if failure is not None:
-        print(f"livepplx: error: {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return summary, failure
+
+
+class _Run:
+    """One stream read to its end (or a stop, an error, Ctrl-C) and reported."""
+
+    def __init__(self, args: argparse.Namespace, state: StreamState, title: str) -> None:
+        self.args = args
+        self.state = state
+        self.title = title
+        self.interrupted = False
+
+    def read(self, chunks: Iterable[bytes], on_chunk: Callable[[bytes], None] | None = None) -> None:
+        from .monitor import MonitoredStream
+
+        m = MonitoredStream(chunks, self.state)
+        try:
+            with m:
+                if self.args.json:
+                    self._drain(m, on_chunk)
+                else:
+                    self._show(m, on_chunk)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.state.stop("interrupted")
+        except LivepplxError:
+            pass  # the state recorded it; the statistics read so far are reported
+
+    @staticmethod
+    def _drain(m: Iterable[bytes], on_chunk: Callable[[bytes], None] | None) -> None:
+        for chunk in m:
+            if on_chunk:
+                on_chunk(chunk)
+
+    def _show(self, m: Any, on_chunk: Callable[[bytes], None] | None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        from .gauge import REFRESH_PER_SECOND, Gauge
+
+        console = Console(stderr=False)
+        gauge = Gauge(self.state, show_text=True, title=self.title)
+        if console.is_terminal:
+            with Live(gauge, console=console, refresh_per_second=REFRESH_PER_SECOND):
+                self._drain(m, on_chunk)
+        else:
+            # Not a terminal: no animation; the answer as it comes, then plain lines.
+            shown = 0
+
+            def echo(chunk: bytes) -> None:
+                nonlocal shown
+                if on_chunk:
+                    on_chunk(chunk)
+                if self.args.command == "chat":
+                    text = self.state.text(0)
+                    sys.stdout.write(text[shown:] if len(text) >= shown else text)
+                    sys.stdout.flush()
+                    shown = len(text)
+
+            self._drain(m, echo)
+            if shown:
+                print()
+
+    def report(self) -> int:
+        summary, failure = _outcome(self.state)
+        if self.args.json:
+            print(json.dumps(summary))
+        elif not sys.stdout.isatty():
+            print("\n".join(_summary_lines(summary)))
+        if self.interrupted:
+            print("livepplx: interrupted", file=sys.stderr)
+            return 130
+        if failure is not None:
+            print(f"livepplx: error: {failure}", file=sys.stderr)
+            return 1
+        return 0
+
+
+def _state(args: argparse.Namespace) -> StreamState:
+    return StreamState(
+        window=args.window,
+        stop_above=args.stop_above,
+        min_tokens=args.min_tokens,
+        on_missing_logprobs="ignore",  # judged at the end, with the whole stream seen
+        text_limit=None if getattr(args, "command", "") == "chat" else 8192,
+    )
+
+
+# -- commands ------------------------------------------------------------------------------
 
 
 def _replay(args: argparse.Namespace) -> int:
-    state = StreamState(window=args.window, on_missing_logprobs="ignore")
     source = _open(args.path)
+    state = _state(args)
+    run = _Run(args, state, "stdin" if args.path == "-" else os.path.basename(args.path))
     try:
-        _read_into(state, source)
-    except LivepplxError:
-        pass  # the state recorded it; the statistics read so far are reported
+        chunks: Iterable[bytes] = iter(source) if args.speed else _reads(source)  # lines, when paced
+        run.read(_paced(chunks, state, args.speed) if args.speed else chunks)
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    return _report(state, args.json)
+    return run.report()
 
 
 def _demo(args: argparse.Namespace) -> int:
     code = 0
     for name in [args.name] if args.name else list(RECORDINGS):
-        print(f"== {name}: {RECORDINGS[name]}")
-        state = StreamState(window=args.window, on_missing_logprobs="ignore")
+        if not args.json:
+            print(f"== {name}: {RECORDINGS[name]}")
+        state = _state(args)
+        run = _Run(args, state, name)
         with open(recording_path(name), "rb") as f:
-            _read_into(state, f)
-        code = max(code, _report(state, False))
+            run.read(_paced(f, state, args.speed) if args.speed else _reads(f))
+        code = max(code, run.report())
+        if code == 130:
+            break
     return code
 
 
+def _chat(args: argparse.Namespace) -> int:
+    import openai
+
+    from .client import build_request
+
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if args.base_url is None:
+            raise _Fail("no API key: pass --api-key or set OPENAI_API_KEY (or --base-url for a local server)")
+        api_key = "sk-no-key"  # local servers take any key
+    client = openai.OpenAI(api_key=api_key, base_url=args.base_url, max_retries=2)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    request: dict[str, Any] = {"model": args.model, "messages": messages, "max_tokens": args.max_tokens}
+    if args.temperature is not None:
+        request["temperature"] = args.temperature
+    request = build_request("chat", request, top_logprobs=args.top_logprobs, include_usage=True)
+    state = _state(args)
+    run = _Run(args, state, args.model)
+    record = open(args.record, "wb") if args.record else None
+    try:
+        with client.chat.completions.with_streaming_response.create(**request) as response:
+            # The raw bytes: read by livepplx's own reader, and recordable as they came.
+            run.read(response.iter_bytes(), record.write if record else None)
+    except openai.APIStatusError as e:
+        raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
+    except openai.APIConnectionError:
+        raise _Fail(f"cannot reach {client.base_url}: is the server running?") from None
+    finally:
+        if record:
+            record.close()
+    return run.report()
+
+
+def _api_message(error: Any) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(error, "message", error))
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _monitor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object with the statistics, no gauge")
+    p.add_argument("--window", type=_positive_int, default=64, help="tokens in the windowed perplexity (default 64)")
+    p.add_argument("--stop-above", type=_positive_float, metavar="PPL",
+                   help="stop once the running perplexity exceeds PPL (after --min-tokens)")
+    p.add_argument("--min-tokens", type=_positive_int, default=8, help="warm-up before --stop-above applies (default 8)")
+
+
+def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, epilog=f"examples:\n{examples}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,31 +298,44 @@ def _parser() -> argparse.ArgumentParser:
         prog="livepplx",
         description="Watch an LLM answer stream and tell, token by token, how perplexed the model is.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  livepplx demo\n  livepplx replay answer.sse --json\n"
-        "  curl -N URL -d '{...\"stream\": true, \"logprobs\": true, \"top_logprobs\": 5}' | livepplx replay -",
+        epilog="examples:\n  livepplx demo\n  livepplx chat 'Why is the sky blue?' --base-url http://127.0.0.1:8080/v1\n"
+        "  livepplx replay answer.sse --json\n  curl -N URL -d '{..., \"stream\": true, \"logprobs\": true, "
+        "\"top_logprobs\": 5}' | livepplx replay -",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    replay = sub.add_parser(
-        "replay",
-        help="read a captured stream (SSE or NDJSON, any server's format) and report",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  livepplx replay answer.sse\n  livepplx replay answer.sse --json\n"
-        "  curl -N ... | livepplx replay -",
-    )
+    chat = _sub(sub, "chat", "ask an OpenAI-compatible endpoint and watch the answer's perplexity live",
+                "  livepplx chat 'Name three moons of Jupiter' --base-url http://127.0.0.1:8080/v1 --model gemma\n"
+                "  livepplx chat 'Hi' --model gpt-4o-mini --stop-above 20 --json\n"
+                "  livepplx chat 'Hi' --base-url http://127.0.0.1:8000/v1 --model m --record hi.sse")
+    chat.add_argument("prompt", metavar="PROMPT")
+    chat.add_argument("--base-url", help="the endpoint (default: OpenAI's, or OPENAI_BASE_URL)")
+    chat.add_argument("--model", default=os.environ.get("LIVEPPLX_MODEL", "gpt-4o-mini"),
+                      help="model name (default gpt-4o-mini, or LIVEPPLX_MODEL)")
+    chat.add_argument("--api-key", help="API key (default: OPENAI_API_KEY; any key for a local server)")
+    chat.add_argument("--system", help="a system message")
+    chat.add_argument("--max-tokens", type=_positive_int, default=256, help="default 256")
+    chat.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
+    chat.add_argument("--top-logprobs", type=int, default=5, help="alternatives per token (default 5)")
+    chat.add_argument("--record", metavar="FILE", help="save the raw stream to FILE, for `livepplx replay FILE`")
+    _monitor_options(chat)
+    chat.set_defaults(run=_chat)
+
+    replay = _sub(sub, "replay", "read a captured stream (SSE or NDJSON, any server's format) and report",
+                  "  livepplx replay answer.sse\n  livepplx replay answer.sse --json --stop-above 20\n"
+                  "  livepplx replay answer.sse --speed 30\n  curl -N ... | livepplx replay -")
     replay.add_argument("path", metavar="PATH", help="the captured stream; - reads stdin")
-    replay.add_argument("--json", action="store_true", help="print one JSON object with the statistics")
-    replay.add_argument("--window", type=_positive_int, default=64, help="tokens in the windowed perplexity (default 64)")
+    replay.add_argument("--speed", type=_positive_float, metavar="TOKENS_PER_S",
+                        help="replay at this pace (default: as fast as it comes)")
+    _monitor_options(replay)
     replay.set_defaults(run=_replay)
 
-    demo = sub.add_parser(
-        "demo",
-        help="replay real recordings shipped in the package: no key, no network, no server",
-        epilog="example:\n  livepplx demo llamacpp-python-chat",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    demo = _sub(sub, "demo", "replay real recordings shipped in the package: no key, no network, no server",
+                "  livepplx demo\n  livepplx demo llamacpp-python-chat --stop-above 12\n  livepplx demo --speed 200")
     demo.add_argument("name", nargs="?", choices=list(RECORDINGS), help="one recording (default: all)")
-    demo.add_argument("--window", type=_positive_int, default=64, help="tokens in the windowed perplexity (default 64)")
+    demo.add_argument("--speed", type=_positive_float, default=DEMO_PACE, metavar="TOKENS_PER_S",
+                      help=f"tokens per second (default {DEMO_PACE:g}, a small local model's pace)")
+    _monitor_options(demo)
     demo.set_defaults(run=_demo)
     return parser
 
@@ -155,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"livepplx: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("livepplx: interrupted", file=sys.stderr)
         return 130
 
 

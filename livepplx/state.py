@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from .errors import NoLogprobsError, StreamFormatError
 from .formats import FORMATS, detect_format, error_message
@@ -122,6 +122,8 @@ class StreamState:
         self._missing_seen = False
         # Per choice: [trigger, its condition bound to this choice, armed?]
         self._armed: dict[int, list[list[Any]]] = {}
+        #: functions called with (token, its choice's stats) after every counted token (views)
+        self.observers: list[Callable[[Token, ChoiceStats], None]] = []
         self._decoder: StreamDecoder | None = None
 
     # -- input ------------------------------------------------------------------------
@@ -131,8 +133,11 @@ class StreamState:
 
         ``bytes`` are raw stream bytes, split anywhere; a ``str`` is one line or more of
         SSE/NDJSON text (the trailing newline is optional, as from ``iter_lines()``);
-        anything else is a decoded chunk (a dict or an openai SDK object).
+        anything else is a decoded chunk (a dict or an openai SDK object). Once the
+        stream is stopped, nothing more is counted.
         """
+        if self.stopped is not None:
+            return []  # a stopped stream counts nothing more
         if isinstance(chunk, (bytes, bytearray, memoryview)):
             return self._handle_raw(chunk)
         if isinstance(chunk, str):
@@ -165,6 +170,8 @@ class StreamState:
             return self._handle_object(events[0].data)
         tokens: list[Token] = []
         for event in events:
+            if self.stopped is not None:
+                break
             tokens += self._handle_object(event.data)
         return tokens
 
@@ -220,6 +227,8 @@ class StreamState:
                 text = text[-limit:] if limit else ""
             self.texts[index] = text
         if token.status is not SKIPPED:
+            for observe in self.observers:
+                observe(token, stats)
             for slot in self._armed[index]:
                 if slot[1](stats):
                     if slot[2]:
