@@ -69,8 +69,13 @@ def _has_text(get: Callable[[Any, str, Any], Any], delta: Any) -> bool:
     return False
 
 
-def _entry_token(get: Callable[[Any, str, Any], Any], index: int, e: Any) -> Token:
-    """One ``{token, logprob, top_logprobs: [{logprob}]}`` entry (chat, responses, ollama)."""
+def _entry_token(index: int, e: Any) -> Token:
+    """One ``{token, logprob, top_logprobs: [{logprob}]}`` entry (chat, responses, ollama).
+
+    The entry picks its own getter: an SDK object can hold plain dicts in fields it does
+    not declare (llama-server's ``logprobs.content`` in a Completion).
+    """
+    get = _getter(e)
     tops = get(e, "top_logprobs", None)
     return make_token(
         index, get(e, "token", None) or "", get(e, "logprob", None), [get(a, "logprob", None) for a in tops] if tops else ()
@@ -90,7 +95,7 @@ def parse_openai_chat(chunk: Any) -> Parsed:
             # Refusal and reasoning tokens are generated tokens: they count too.
             for key in ("content", "refusal"):
                 for e in get(logprobs, key, None) or ():
-                    tokens.append(_entry_token(get, index, e))
+                    tokens.append(_entry_token(index, e))
                     scored = True
         if not scored and _has_text(get, get(choice, "delta", None) or get(choice, "message", None)):
             unscored += 1
@@ -107,7 +112,11 @@ def parse_openai_completions(chunk: Any) -> Parsed:
         logprobs = get(choice, "logprobs", None)
         values = get(logprobs, "token_logprobs", None) if logprobs is not None else None
         if not values:
-            if get(choice, "text", None):
+            # Upstream llama-server writes the chat shape (logprobs.content) here.
+            entries = get(logprobs, "content", None) if logprobs is not None else None
+            if entries:
+                tokens += [_entry_token(index, e) for e in entries]
+            elif get(choice, "text", None):
                 unscored += 1
             continue
         texts = get(logprobs, "tokens", None) or ()
@@ -127,7 +136,7 @@ def parse_openai_responses(chunk: Any) -> Parsed:
         entries = get(chunk, "logprobs", None)
         if not entries:
             return Parsed([], 1 if get(chunk, "delta", None) else 0)
-        return Parsed([_entry_token(get, 0, e) for e in entries])
+        return Parsed([_entry_token(0, e) for e in entries])
     if kind == "response.failed":
         return Parsed([], 0, error_message(get(chunk, "response", None)) or "response.failed")
     if kind == "error":
@@ -149,7 +158,7 @@ def parse_llamacpp_native(chunk: Any) -> Parsed:
             tops = e.get("top_probs") or ()
             tokens.append(make_token(index, e.get("token") or "", e["prob"], [a.get("prob") for a in tops], True))
         else:
-            tokens.append(_entry_token(get, index, e))
+            tokens.append(_entry_token(index, e))
     return Parsed(tokens)
 
 
@@ -172,7 +181,7 @@ def parse_ollama(chunk: Any) -> Parsed:
         message = get(chunk, "message", None)
         text = _has_text(get, message) if message else get(chunk, "response", None)
         return Parsed([], 1 if text else 0, _dict_error(chunk))
-    return Parsed([_entry_token(get, 0, e) for e in entries])
+    return Parsed([_entry_token(0, e) for e in entries])
 
 
 #: Every format, by the name reports use.

@@ -37,7 +37,7 @@ def recorded_logprobs(path: Path) -> list[float]:
             continue
         obj = json.loads(line[5:])
         for entry in obj.get("completion_probabilities") or []:
-            values.append(entry["logprob"])
+            values.append(entry["logprob"] if "logprob" in entry else math.log(entry["prob"]))
         for choice in obj.get("choices", []):
             lp = choice.get("logprobs") or {}
             values += [e["logprob"] for e in lp.get("content") or []]
@@ -49,9 +49,14 @@ def ppl_of(values: list[float]) -> float:
     return math.exp(-math.fsum(values) / len(values))
 
 
-@pytest.fixture(params=sorted(RECORDINGS))
+#: Captures of our own from upstream llama-server (tests only; the package ships the others).
+TEST_RECORDINGS = Path(__file__).resolve().parent / "recordings"
+ALL_RECORDINGS = [recording_path(name) for name in sorted(RECORDINGS)] + sorted(TEST_RECORDINGS.glob("*.sse"))
+
+
+@pytest.fixture(params=ALL_RECORDINGS, ids=lambda p: p.stem)
 def recording(request: pytest.FixtureRequest) -> Path:
-    return recording_path(request.param)
+    return request.param
 
 
 def chunks_of(data: bytes, size: int) -> Iterator[bytes]:

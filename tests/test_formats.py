@@ -18,6 +18,8 @@ from livepplx.formats import detect_format, parse_chunk
 from livepplx.tokens import Status
 
 FORMAT_OF = {
+    "llamacpp-server-native-probs": "llamacpp-native",
+    "llamacpp-server-completions": "openai-completions",
     "llamacpp-python-chat": "openai-chat",
     "llamacpp-python-completions": "openai-completions",
     "llamacpp-server-chat": "openai-chat",
@@ -69,8 +71,11 @@ def test_recordings_read_line_by_line_as_text(recording: Path) -> None:
 
 
 @pytest.mark.skipif(not SHARED_RECORDINGS.is_dir(), reason="shared/ is not beside this checkout")
-def test_shipped_recordings_are_the_shared_captures(recording: Path) -> None:
-    assert recording.read_bytes() == (SHARED_RECORDINGS / recording.name).read_bytes()
+def test_shipped_recordings_are_the_shared_captures() -> None:
+    from livepplx.recordings import RECORDINGS, recording_path
+
+    for name in RECORDINGS:
+        assert recording_path(name).read_bytes() == (SHARED_RECORDINGS / f"{name}.sse").read_bytes()
 
 
 def test_recorded_text_is_kept_per_choice() -> None:
