@@ -32,7 +32,17 @@ from .triggers import (
 )
 
 __all__ = [
+    "AsyncCarRouter",
     "AsyncMonitoredStream",
+    "CarCalibration",
+    "CarPlan",
+    "CarResult",
+    "CarRouter",
+    "Gauge",
+    "auroc",
+    "deepconf_threshold",
+    "fit_threshold",
+    "watch",
     "ChoiceStats",
     "Condition",
     "Escalation",
@@ -73,9 +83,23 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-# The client helpers need openai, which is slow to import: load them on first use, so
+# These need openai, rich or numpy, which are slow to import: loaded on first use, so
 # `import livepplx` and `livepplx replay` stay light.
-_LAZY = {"stream": "client", "astream": "client", "build_request": "client"}
+_LAZY = {
+    "stream": "client",
+    "astream": "client",
+    "build_request": "client",
+    "watch": "gauge",
+    "Gauge": "gauge",
+    "CarRouter": "car",
+    "AsyncCarRouter": "car",
+    "CarPlan": "car",
+    "CarResult": "car",
+    "CarCalibration": "calibrate",
+    "fit_threshold": "calibrate",
+    "deepconf_threshold": "calibrate",
+    "auroc": "calibrate",
+}
 
 
 def __getattr__(name: str) -> object:

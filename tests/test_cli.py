@@ -111,6 +111,6 @@ def test_missing_file_and_usage_errors() -> None:
 
 
 def test_demo_replays_every_shipped_recording() -> None:
-    result = run("demo")
+    result = run("demo", "--speed", "100000")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ppl") >= 4
