@@ -36,6 +36,10 @@ LONG_SYSTEM = "Think step by step: output the reasoning process before the answe
 Messages = list[dict[str, Any]]
 
 
+def _as_messages(question: Messages | str) -> Messages:
+    return [{"role": "user", "content": question}] if isinstance(question, str) else question
+
+
 @dataclass(frozen=True)
 class Answer:
     """One streamed answer."""
@@ -86,6 +90,9 @@ class CarPlan:
 
     Args:
         model: the model of the short request (and of the long one, unless ``long_model``).
+        endpoint: ``"chat"`` (default: the system messages below frame the question) or
+            ``"completions"``, for base models, with ``short_prompt`` and ``long_prompt``
+            as templates where ``{question}`` is the user's last message.
         calibration: CAR's Gaussians (:meth:`CarCalibration.fit`); its Bayes rule decides.
         threshold: or a plain perplexity above which to escalate.
         early: cut the short answer as soon as its running perplexity crosses the rule
@@ -99,6 +106,9 @@ class CarPlan:
     """
 
     model: str
+    endpoint: Literal["chat", "completions"] = "chat"
+    short_prompt: str = "Q: {question}\nA:"
+    long_prompt: str = "Q: {question}\nA: Let's think step by step."
     calibration: CarCalibration | None = None
     threshold: float | None = None
     early: bool = True
@@ -128,8 +138,11 @@ class CarPlan:
             return None
         return self.calibration.p_correct(ppl)
 
-    def _with_system(self, system: str, messages: Messages) -> Messages:
-        return [{"role": "system", "content": system}, *(m for m in messages if m.get("role") != "system")]
+    def _framed(self, system: str, template: str, messages: Messages) -> dict[str, Any]:
+        if self.endpoint == "completions":
+            question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+            return {"endpoint": "completions", "prompt": template.format(question=question)}
+        return {"messages": [{"role": "system", "content": system}, *(m for m in messages if m.get("role") != "system")]}
 
     def short_request(self, messages: Messages) -> dict[str, Any]:
         triggers = []
@@ -138,13 +151,13 @@ class CarPlan:
                 return s.tokens >= self.warmup and self.escalate(s.ppl)
 
             triggers.append(Trigger(crossed, stop=True, name="car early escalation"))
-        return dict(self.short_params, model=self.model, messages=self._with_system(self.short_system, messages),
-                    max_tokens=self.short_max_tokens, top_logprobs=self.top_logprobs, triggers=triggers,
-                    text_limit=None)
+        return dict(self.short_params, **self._framed(self.short_system, self.short_prompt, messages),
+                    model=self.model, max_tokens=self.short_max_tokens, top_logprobs=self.top_logprobs,
+                    triggers=triggers, text_limit=None)
 
     def long_request(self, messages: Messages) -> dict[str, Any]:
-        return dict(self.long_params, model=self.long_model or self.model,
-                    messages=self._with_system(self.long_system, messages), max_tokens=self.long_max_tokens,
+        return dict(self.long_params, **self._framed(self.long_system, self.long_prompt, messages),
+                    model=self.long_model or self.model, max_tokens=self.long_max_tokens,
                     text_limit=None, on_missing_logprobs="ignore")  # the long answer is not judged by its logprobs
 
     def decide(self, short: Answer) -> tuple[bool, str]:
@@ -184,7 +197,9 @@ class CarRouter:
         self.plan = CarPlan(model, **plan_options)
         self.on_decision = on_decision
 
-    def __call__(self, messages: Messages) -> CarResult:
+    def __call__(self, question: Messages | str) -> CarResult:
+        """Route one question (chat messages, or a plain string)."""
+        messages = _as_messages(question)
         with stream(self.client, **self.plan.short_request(messages)) as s:
             for _ in s:
                 pass
@@ -211,7 +226,9 @@ class AsyncCarRouter:
         self.plan = CarPlan(model, **plan_options)
         self.on_decision = on_decision
 
-    async def __call__(self, messages: Messages) -> CarResult:
+    async def __call__(self, question: Messages | str) -> CarResult:
+        """Route one question (chat messages, or a plain string)."""
+        messages = _as_messages(question)
         s = await astream(self.client, **self.plan.short_request(messages))
         async with s:
             async for _ in s:

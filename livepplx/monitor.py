@@ -153,9 +153,12 @@ class MonitoredStream(_Monitored, Generic[T]):
         if self._closed:
             return
         self._closed = True
-        close = getattr(self.stream, "close", None)
-        if close is not None:
-            close()
+        try:
+            close = getattr(self.stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.state.end()
 
     def __enter__(self) -> MonitoredStream[T]:
         return self
@@ -213,11 +216,14 @@ class AsyncMonitoredStream(_Monitored, Generic[T]):
         if self._closed:
             return
         self._closed = True
-        close = getattr(self.stream, "aclose", None) or getattr(self.stream, "close", None)
-        if close is not None:
-            result = close()
-            if inspect.isawaitable(result):
-                await result
+        try:
+            close = getattr(self.stream, "aclose", None) or getattr(self.stream, "close", None)
+            if close is not None:
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+        finally:
+            self.state.end()
 
     async def __aenter__(self) -> AsyncMonitoredStream[T]:
         return self

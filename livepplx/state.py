@@ -27,7 +27,7 @@ from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
 from .tokens import SKIPPED, Token
 from .triggers import Escalation, Trigger, TriggerEvent, min_tokens, ppl_above
 
-__all__ = ["StreamState", "Stop", "stop_above_trigger"]
+__all__ = ["StreamState", "Stop", "Listener", "stop_above_trigger"]
 
 MissingPolicy = Literal["raise", "warn", "ignore"]
 
@@ -45,6 +45,25 @@ class Stop:
 
     def as_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "choice": self.choice, "at_token": self.at_token}
+
+
+class Listener:
+    """Told of a stream's life, never of each token (so it costs nothing per token).
+
+    Subclass and override what you need; :mod:`livepplx.otel` is one.
+    """
+
+    def on_start(self, state: StreamState) -> None:
+        """The state was made: the stream is about to be read."""
+
+    def on_trigger(self, state: StreamState, event: TriggerEvent, trigger: Trigger) -> None:
+        """A trigger fired (before its callback runs)."""
+
+    def on_stop(self, state: StreamState, stop: Stop) -> None:
+        """The stream was stopped early."""
+
+    def on_end(self, state: StreamState) -> None:
+        """The stream is over: the statistics are final."""
 
 
 def stop_above_trigger(limit: float, warmup: int = 8) -> Trigger:
@@ -71,6 +90,7 @@ class StreamState:
             not one logprob: ``"raise"`` :class:`NoLogprobsError` (default), ``"warn"``, ``"ignore"``.
         missing_after: how many chunks of text without logprobs prove the endpoint drops them (default 3).
         request: the request the stream was opened with, handed to escalation callbacks.
+        listeners: objects told of the stream's life (:class:`Listener`): telemetry, for one.
     """
 
     def __init__(
@@ -87,6 +107,7 @@ class StreamState:
         on_missing_logprobs: MissingPolicy = "raise",
         missing_after: int = 3,
         request: dict[str, Any] | None = None,
+        listeners: Iterable[Listener] = (),
     ) -> None:
         if on_missing_logprobs not in ("raise", "warn", "ignore"):
             raise ValueError(f"on_missing_logprobs must be 'raise', 'warn' or 'ignore', got {on_missing_logprobs!r}")
@@ -124,6 +145,11 @@ class StreamState:
         self._armed: dict[int, list[list[Any]]] = {}
         #: functions called with (token, its choice's stats) after every counted token (views)
         self.observers: list[Callable[[Token, ChoiceStats], None]] = []
+        #: told when a trigger fires, when the stream stops, and when it ends (not per token)
+        self.listeners: list[Listener] = list(listeners)
+        self._ended = False
+        for listener in self.listeners:
+            listener.on_start(self)
         self._decoder: StreamDecoder | None = None
 
     # -- input ------------------------------------------------------------------------
@@ -241,8 +267,10 @@ class StreamState:
         event = TriggerEvent(trigger.name, stats.index, stats.tokens, token, stats.as_dict(), self.text(stats.index))
         self.events.append(event)
         self.fired[trigger.name] = self.fired.get(trigger.name, 0) + 1
+        for listener in self.listeners:
+            listener.on_trigger(self, event, trigger)
         if trigger.stop and self.stopped is None:
-            self.stopped = Stop(trigger.name, stats.index, stats.tokens)
+            self._stopped(Stop(trigger.name, stats.index, stats.tokens))
         trigger.call(event)
         if trigger.escalate is not None:
             trigger.escalate(Escalation(event, self.request))
@@ -250,7 +278,20 @@ class StreamState:
     def stop(self, reason: str, choice: int = 0) -> None:
         """Mark the stream stopped from outside (a user's decision, Ctrl-C)."""
         if self.stopped is None:
-            self.stopped = Stop(reason, choice, self.choice(choice).tokens)
+            self._stopped(Stop(reason, choice, self.choice(choice).tokens))
+
+    def _stopped(self, stop: Stop) -> None:
+        self.stopped = stop
+        for listener in self.listeners:
+            listener.on_stop(self, stop)
+
+    def end(self) -> None:
+        """The stream is over (read to its end, stopped, failed or closed): tell the listeners, once."""
+        if self._ended:
+            return
+        self._ended = True
+        for listener in self.listeners:
+            listener.on_end(self)
 
     # -- output -----------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ class FakeServer:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         self.requests.append(body)
+        if "prompt" in body:  # /v1/completions, for base models
+            return self.completions(body["prompt"])
         system, question = body["messages"][0]["content"], body["messages"][-1]["content"]
         if system == LONG_SYSTEM:
             events = [token_event(f"step{i} ", -0.4) for i in range(40)]
@@ -35,6 +37,23 @@ class FakeServer:
             events = [token_event(w, -0.05) for w in ("Paris", ".")]
         else:
             events = [token_event(f"um{i} ", -2.5) for i in range(60)]
+        counting = CountingBody(events + [b"data: [DONE]\n\n"])
+        self.bodies.append(counting)
+        return sse_response(counting)
+
+
+    def completions(self, prompt: str) -> httpx.Response:
+        def event(text: str, lp: float) -> bytes:
+            chunk = {"object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": {
+                "tokens": [text], "token_logprobs": [lp], "top_logprobs": [{text: lp}]}}]}
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        if "step by step" in prompt:
+            events = [event(f" step{i}", -0.4) for i in range(20)]
+        elif "easy" in prompt:
+            events = [event(" Lima", -0.05)]
+        else:
+            events = [event(f" um{i}", -2.5) for i in range(30)]
         counting = CountingBody(events + [b"data: [DONE]\n\n"])
         self.bodies.append(counting)
         return sse_response(counting)
@@ -98,3 +117,16 @@ def test_plan_needs_exactly_one_rule() -> None:
         CarPlan("m")
     with pytest.raises(ValueError, match="one rule"):
         CarPlan("m", calibration=CAL, threshold=2.0)
+
+
+def test_completions_mode_for_base_models() -> None:
+    server = FakeServer()
+    sync, _ = openai_clients(server)
+    router = CarRouter(sync, "m", threshold=2.0, endpoint="completions", short_prompt="Q: {question}\nA:",
+                       short_params={"stop": ["\n"]})
+    easy, hard = router("easy: capital of Peru?"), router("hard one")
+    assert easy.decision == "short" and easy.answer == " Lima"
+    assert hard.decision == "long" and hard.short_cut and hard.answer.startswith(" step0")
+    short_request, long_request = server.requests[1], server.requests[2]
+    assert short_request["prompt"] == "Q: hard one\nA:" and short_request["logprobs"] == 5
+    assert short_request["stop"] == ["\n"] and "step by step" in long_request["prompt"]

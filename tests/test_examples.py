@@ -53,3 +53,35 @@ def test_deepconf_stop(capsys: pytest.CaptureFixture[str]) -> None:
     # level, so the traces of the other stop early.
     assert result["stopped"] == 2 and result["tokens"] < 2 * 50 + 2 * 30
     assert "threshold s =" in capsys.readouterr().out
+
+
+def test_otel_console(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="pip install -e '.[otel]'")
+    load("otel_console").main(serving("llamacpp-python-chat", "llamacpp-server-chat"), "m", ["a", "b"])
+    out = capsys.readouterr().out
+    assert out.count('"name": "livepplx.generation"') == 2
+    assert '"livepplx.stop.reason": "ppl above 12"' in out and "livepplx.generation.ppl" in out
+
+
+def test_car_routing(capsys: pytest.CaptureFixture[str]) -> None:
+    # Short answers alternate: the unsure one (ppl 10.2) escalates to the next served stream.
+    client = serving("llamacpp-server-chat", "llamacpp-python-chat", "llamacpp-server-chat")
+    results = load("car_routing").main(client, "m", ["easy?", "hard?"], threshold=2.5)
+    assert [r.decision for r in results] == ["short", "long"]
+    assert results[1].short_cut and results[1].short.tokens == 4
+    assert "short answer cut" in capsys.readouterr().out
+
+
+def test_car_calibrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from livepplx.calibrate import CarCalibration
+
+    cal = load("car_calibrate").main(str(EXAMPLES / "car_eval_result.json"), str(tmp_path / "car.json"))
+    assert CarCalibration.load(tmp_path / "car.json") == cal
+    assert "AUROC of the short answer's perplexity: 0.580" in capsys.readouterr().out
+
+
+def test_car_agent_tool(capsys: pytest.CaptureFixture[str]) -> None:
+    client = serving("llamacpp-server-chat", "llamacpp-python-chat", "llamacpp-server-chat")
+    agent = load("car_agent_tool").main(client, "m")
+    assert [r.decision for r in agent.decisions] == ["short", "long"]
+    assert "2 tool calls" in capsys.readouterr().out

@@ -1,0 +1,39 @@
+"""Fit CAR's escalation rule from a labelled file, and see how well perplexity separates.
+
+    python examples/car_calibrate.py examples/car_eval_result.json car.json
+
+The input is car_eval.py's report (its rows: each short answer's perplexity and whether it
+was correct). The same fit from JSON lines on the command line:
+`livepplx calibrate labelled.jsonl --out car.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from livepplx.calibrate import CarCalibration, auroc, fit_threshold
+
+
+def main(report_path: str, out: str | None = None) -> CarCalibration:
+    rows = json.loads(Path(report_path).read_text())["rows"]
+    ppls = [r["ppl"] for r in rows]
+    correct = [r["short_correct"] for r in rows]
+    cal = CarCalibration.fit(ppls, correct)
+    youden = fit_threshold(ppls, correct)
+    print(f"{len(rows)} labelled short answers, {sum(correct)} correct")
+    print(f"AUROC of the short answer's perplexity: {auroc(ppls, [not c for c in correct]):.3f} (0.5 is chance)")
+    print(f"correct ~ N({cal.mu_correct:.3f}, {cal.sigma_correct:.3f}^2)  incorrect ~ N({cal.mu_incorrect:.3f}, "
+          f"{cal.sigma_incorrect:.3f}^2)  priors {cal.prior_correct:.2f}/{cal.prior_incorrect:.2f}")
+    print(f"escalate above: {cal.threshold if cal.threshold is None else round(cal.threshold, 3)} (Bayes rule); "
+          f"{youden.threshold:.3f} (Youden's J: catches {youden.true_positive_rate:.0%} of wrong answers, "
+          f"flags {youden.false_positive_rate:.0%} of right ones)")
+    if out:
+        cal.save(out)
+        print(f"saved {out}")
+    return cal
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,125 @@
+"""OpenTelemetry export, checked with the SDK's in-memory span exporter and metric reader."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="pip install -e '.[otel]' for the telemetry tests")
+
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+
+import livepplx  # noqa: E402
+from conftest import CountingBody, openai_clients, sse_response, token_event  # noqa: E402
+from livepplx import Trigger, min_tokens, monitor, ppl_above, prob_below  # noqa: E402
+from livepplx.otel import OtelRecorder  # noqa: E402
+from livepplx.recordings import recording_path  # noqa: E402
+
+
+@pytest.fixture
+def otel() -> tuple[OtelRecorder, InMemorySpanExporter, InMemoryMetricReader, dict[str, Any]]:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    providers = {"tracer_provider": tracer_provider, "meter_provider": MeterProvider(metric_readers=[reader])}
+    return OtelRecorder(**providers), spans, reader, providers
+
+
+def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                out[metric.name] = list(metric.data.data_points)
+    return out
+
+
+def climbing(n: int = 200) -> list[bytes]:
+    return [token_event(f"t{i}", -0.1 if i < 10 else -6.0) for i in range(n)] + [b"data: [DONE]\n\n"]
+
+
+def test_a_stopped_generation_is_a_span_with_events_and_metrics(otel: Any) -> None:
+    recorder, spans, reader, _ = otel
+    sync, _ = openai_clients(lambda request: sse_response(CountingBody(climbing())))
+    escalated: list[Any] = []
+    triggers = [Trigger(prob_below(0.01) & min_tokens(12), escalate=escalated.append, name="lost")]
+    with livepplx.stream(sync, model="gemma", messages=[{"role": "user", "content": "hi"}], max_tokens=500,
+                         temperature=0.2, triggers=triggers, listeners=[recorder]) as s:
+        for _ in s:
+            pass
+    (span,) = spans.get_finished_spans()
+    assert span.name == "livepplx.generation"
+    a = span.attributes
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.model"] == "gemma"
+    assert a["gen_ai.request.max_tokens"] == 500 and a["gen_ai.request.temperature"] == 0.2
+    assert a["livepplx.tokens"] == s.tokens == 12 and a["livepplx.ppl"] == pytest.approx(s.ppl)
+    assert a["livepplx.stopped"] is True and a["livepplx.stop.reason"] == "lost" and a["livepplx.stop.at_token"] == 12
+    assert a["livepplx.format"] == "openai-chat" and a["livepplx.censored"] == 0
+    assert [e.name for e in span.events] == ["livepplx.trigger", "livepplx.escalate", "livepplx.stop"]
+    assert span.events[0].attributes["livepplx.at_token"] == 12
+    points = metric_points(reader)
+    (ppl,) = points["livepplx.generation.ppl"]
+    assert ppl.count == 1 and ppl.sum == pytest.approx(s.ppl) and ppl.attributes == {"gen_ai.request.model": "gemma"}
+    (saved,) = points["livepplx.generation.tokens_saved"]
+    assert saved.sum == 500 - 12 and saved.attributes["livepplx.trigger"] == "lost"
+    assert points["livepplx.stops"][0].value == 1 and points["livepplx.escalations"][0].value == 1
+    assert len(escalated) == 1
+
+
+def test_enriching_the_current_span(otel: Any) -> None:
+    _, spans, _, providers = otel
+    recorder = OtelRecorder(**providers, span="current", model="local-gemma")
+    tracer = providers["tracer_provider"].get_tracer("app")
+    with tracer.start_as_current_span("agent step"):
+        with monitor(open(recording_path("llamacpp-server-chat"), "rb"), listeners=[recorder]) as m:
+            for _ in m:
+                pass
+    (span,) = spans.get_finished_spans()
+    assert span.name == "agent step" and span.attributes["livepplx.tokens"] == 30
+    assert span.attributes["gen_ai.request.model"] == "local-gemma" and "livepplx.stopped" not in span.attributes
+
+
+def test_one_span_per_stream_with_many_streams_at_once(otel: Any) -> None:
+    recorder, spans, reader, _ = otel
+    streams = [monitor(open(recording_path(name), "rb"), listeners=[recorder], stop_above=8.0)
+               for name in ("llamacpp-python-chat", "llamacpp-server-chat", "llamacpp-server-native")]
+    for chunks in zip(*streams):  # interleaved, as concurrent agents would be
+        pass
+    for m in streams:
+        m.close()
+    finished = spans.get_finished_spans()
+    assert len(finished) == 3
+    assert sorted(s.attributes["livepplx.tokens"] for s in finished) == sorted(m.tokens for m in streams)
+    assert metric_points(reader)["livepplx.generation.ppl"][0].count == 3
+
+
+def test_telemetry_never_raises_into_the_stream(otel: Any, caplog: pytest.LogCaptureFixture) -> None:
+    recorder, _, _, _ = otel
+
+    class Broken:
+        def add(self, *args: Any) -> None:
+            raise RuntimeError("exporter down")
+
+    recorder.stops = Broken()  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="livepplx.otel"):
+        with monitor(open(recording_path("llamacpp-python-chat"), "rb"), listeners=[recorder], stop_above=5.0) as m:
+            for _ in m:
+                pass
+    assert m.stopped is not None and "OpenTelemetry recording failed" in caplog.text
+
+
+def test_no_listener_no_telemetry() -> None:
+    before = trace.get_tracer_provider()
+    with monitor(open(recording_path("llamacpp-python-chat"), "rb"), triggers=[Trigger(ppl_above(5))]) as m:
+        for _ in m:
+            pass
+    assert m.state.listeners == [] and trace.get_tracer_provider() is before
