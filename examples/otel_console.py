@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import openai
 from opentelemetry.sdk.metrics import MeterProvider
@@ -26,8 +27,9 @@ from livepplx.otel import OtelRecorder
 
 def main(client: openai.OpenAI, model: str, prompts: list[str], stop_above: float = 12.0) -> None:
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-    reader = PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=60_000)
+    # out= given at call time: the exporters' default is whatever sys.stdout was at import.
+    tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
+    reader = PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stdout), export_interval_millis=60_000)
     meter_provider = MeterProvider(metric_readers=[reader])
     telemetry = OtelRecorder(tracer_provider=tracer_provider, meter_provider=meter_provider)
     for prompt in prompts:
