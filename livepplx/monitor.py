@@ -56,7 +56,8 @@ class _Monitored:
 
     def _failed(self, error: BaseException) -> None:
         # Keep the statistics and say what ended the stream; the error still reaches the caller.
-        if self.state.error is None and not isinstance(error, GeneratorExit):
+        # Ctrl-C and generator cleanup are not errors of the stream.
+        if self.state.error is None and isinstance(error, Exception):
             self.state.error = str(error) or type(error).__name__
 
     def stop(self, reason: str = "stopped by the caller", choice: int = 0) -> None:

@@ -114,3 +114,10 @@ def test_demo_replays_every_shipped_recording() -> None:
     result = run("demo", "--speed", "100000")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ppl") >= 4
+
+
+def test_replay_stop_above_reports_the_stop() -> None:
+    result = run("replay", str(recording_path("llamacpp-python-chat")), "--json", "--stop-above", "12")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["stopped"] == {"reason": "ppl above 12", "choice": 0, "at_token": 14}
+    assert report["tokens"] == 14 and report["ppl"] > 12

@@ -159,7 +159,7 @@ def test_ctrl_c_stops_prints_the_summary_and_exits_130() -> None:
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     summary = json.loads(out)
-    assert summary["tokens"] == 20 and summary["stopped"]["reason"] == "interrupted"
+    assert summary["tokens"] == 20 and summary["stopped"]["reason"] == "interrupted" and summary["error"] is None
     assert b"Traceback" not in err
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import itertools
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
@@ -85,3 +86,32 @@ def test_car_agent_tool(capsys: pytest.CaptureFixture[str]) -> None:
     agent = load("car_agent_tool").main(client, "m")
     assert [r.decision for r in agent.decisions] == ["short", "long"]
     assert "2 tool calls" in capsys.readouterr().out
+
+
+def test_other_servers_send_the_right_request_and_read_the_answer() -> None:
+    import json as _json
+
+    from conftest import sse
+
+    module = load("other_servers")
+    seen: dict[str, Any] = {}
+    chat = recording_path("llamacpp-server-chat").read_bytes()
+    ollama = b"".join(_json.dumps(line).encode() + b"\n" for line in [
+        {"model": "m", "message": {"role": "assistant", "content": "Io"}, "done": False,
+         "logprobs": [{"token": "Io", "logprob": -0.2, "top_logprobs": [{"token": "Io", "logprob": -0.2}]}]},
+        {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}])
+    tgi = sse({"index": 1, "token": {"id": 5, "text": "Io", "logprob": -0.3, "special": False},
+               "top_tokens": [{"id": 5, "text": "Io", "logprob": -0.3, "special": False}],
+               "generated_text": "Io", "details": None}, done=False, space=False)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.path] = _json.loads(request.content)
+        body = {"/api/chat": ollama, "/generate_stream": tgi}.get(request.url.path, chat)
+        return sse_response(body)
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    formats = {name: module.main(name, "http://server.invalid", "m", http)["format"] for name in module.SERVERS}
+    assert formats == {"vllm": "openai-chat", "sglang": "openai-chat", "ollama": "ollama", "tgi": "tgi"}
+    assert seen["/v1/chat/completions"]["top_logprobs"] == 5 and seen["/v1/chat/completions"]["logprobs"] is True
+    assert seen["/api/chat"]["logprobs"] is True and seen["/api/chat"]["top_logprobs"] == 5
+    assert seen["/generate_stream"]["parameters"]["top_n_tokens"] == 5

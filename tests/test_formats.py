@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_RECORDINGS, chunks_of, ppl_of, recorded_logprobs, replay, sse
+from conftest import ALL_RECORDINGS, SHARED_RECORDINGS, chunks_of, ppl_of, recorded_logprobs, replay, sse
 from livepplx.errors import NoLogprobsError
 from livepplx.formats import detect_format, parse_chunk
 from livepplx.tokens import Status
@@ -279,13 +279,13 @@ def test_detection_waits_for_a_chunk_that_tells() -> None:
 # -- openai SDK objects read the same as dicts ----------------------------------------------------
 
 
+@pytest.mark.parametrize("recording", [p for p in ALL_RECORDINGS if FORMAT_OF[p.stem].startswith("openai-")],
+                         ids=lambda p: p.stem)
 def test_sdk_objects_parse_like_the_dicts_they_came_from(recording: Path) -> None:
     from openai.types import Completion
     from openai.types.chat import ChatCompletionChunk
 
-    model = {"openai-chat": ChatCompletionChunk, "openai-completions": Completion}.get(FORMAT_OF[recording.stem])
-    if model is None:
-        pytest.skip("not an OpenAI SDK type")
+    model = {"openai-chat": ChatCompletionChunk, "openai-completions": Completion}[FORMAT_OF[recording.stem]]
     dicts = [json.loads(line[5:]) for line in recording.read_text().splitlines()
              if line.startswith("data:") and "[DONE]" not in line]
     from livepplx.state import StreamState

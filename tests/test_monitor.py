@@ -358,30 +358,31 @@ def test_retry_gives_up_after_its_attempts_with_the_servers_error() -> None:
 @pytest.mark.slow
 def test_memory_held_after_a_hundred_thousand_tokens_equals_that_after_a_thousand() -> None:
     """O(1) memory. (10^6 tokens take a minute under tracemalloc: tests/bench/bench_monitor.py does that.)"""
-    import gc
-    import tracemalloc
-
-    def held_after(tokens: int) -> int:
-        # Seven prebuilt chunks, cycled: tracemalloc slows every allocation, so the
-        # source allocates nothing and only the monitor's own memory is traced.
-        variants = [{"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": [
-            {"token": "x", "logprob": -0.5 - k * 0.1, "top_logprobs": [{"logprob": -0.5}, {"logprob": -1.5}]}]}}]}
-            for k in range(7)]
-
-        def chunks():  # type: ignore[no-untyped-def]
-            for i in range(tokens):
-                yield variants[i % 7]
-
-        gc.collect()
-        tracemalloc.start()
-        with monitor(chunks(), text_limit=500) as m:
-            for _ in m:
-                pass
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        assert m.tokens == tokens
-        return held
+    from bench.bench_monitor import held_after
 
     small, big = held_after(1_000), held_after(100_000)
     assert abs(big - small) <= 256, (small, big)  # a few small objects' worth of noise, not growth
+
+
+def test_retry_after_is_read_in_every_form_and_capped() -> None:
+    import email.utils
+    import time as _time
+
+    import tenacity
+
+    from livepplx.client import MAX_RETRY_AFTER, wait_retry_after
+
+    def waited(headers: dict[str, str]) -> float:
+        request = httpx.Request("POST", "http://x.invalid")
+        error = openai.RateLimitError("slow down", response=httpx.Response(429, headers=headers, request=request),
+                                      body=None)
+        state = tenacity.RetryCallState(None, None, (), {})
+        state.set_exception((type(error), error, None))
+        return wait_retry_after(tenacity.wait_fixed(7))(state)
+
+    assert waited({"retry-after": "3"}) == 3.0
+    assert waited({"retry-after-ms": "250"}) == 0.25
+    date = email.utils.formatdate(_time.time() + 20, usegmt=True)
+    assert 15 < waited({"retry-after": date}) <= 20
+    assert waited({"retry-after": "3600"}) == MAX_RETRY_AFTER
+    assert waited({}) == 7.0  # no header: the fallback wait
