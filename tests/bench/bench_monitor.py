@@ -84,6 +84,42 @@ def overhead() -> tuple[float, float, list[float]]:
     return min(raw), min(mon), ratios
 
 
+def breakdown(rounds: int = 8) -> dict[str, float]:
+    """Microseconds a chunk that each layer adds to the raw SDK stream (medians of alternating rounds)."""
+    from livepplx.formats import parse_openai_chat
+    from livepplx.state import StreamState
+    from livepplx.stats import ChoiceStats
+
+    client = client_for(replayed_sse(CHUNKS))
+
+    def through(fn: Any) -> float:
+        t = clock()
+        for chunk in open_stream(client):
+            fn(chunk)
+        return clock() - t
+
+    def parse_and_stats() -> Any:
+        stats = ChoiceStats()
+
+        def fn(chunk: Any) -> None:
+            for token in parse_openai_chat(chunk).tokens:
+                stats.update(token)
+        return fn
+
+    layers = {
+        "nothing (the raw stream)": lambda: through(lambda chunk: None),
+        "reading the fields (parse)": lambda: through(parse_openai_chat),
+        "parse + every statistic": lambda: through(parse_and_stats()),
+        "StreamState.handle": lambda: through(StreamState().handle),
+    }
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    for _ in range(rounds):
+        for name, run in layers.items():
+            times[name].append(run())
+    base = statistics.median(times["nothing (the raw stream)"])
+    return {name: (statistics.median(t) - base) / CHUNKS * 1e6 for name, t in times.items()}
+
+
 def held_after(tokens: int) -> int:
     """Bytes held by one monitored stream after `tokens` one-token chunks (text kept: 500 chars)."""
     # Seven prebuilt chunks, cycled: tracemalloc slows every allocation, so the source
@@ -117,6 +153,9 @@ def main() -> int:
     print(f"   raw stream: {raw * 1e3:.1f} ms   monitored: {mon * 1e3:.1f} ms (best of each)")
     print(f"   overhead per round: median {(median - 1) * 100:+.1f}%  (quartiles {(q1 - 1) * 100:+.1f}% .. "
           f"{(q3 - 1) * 100:+.1f}%)   per chunk: {(mon - raw) / CHUNKS * 1e6:.1f} us")
+    print("   where it goes (us a chunk over the raw stream, medians of 8 rounds):")
+    for name, us in breakdown().items():
+        print(f"     {name:28s} {us:6.2f}")
     small, big = held_after(1_000), held_after(1_000_000)
     print("2. memory held by one monitored stream (tracemalloc)")
     print(f"   after 10^3 tokens: {small:,} B   after 10^6 tokens: {big:,} B   difference: {big - small:+,} B")
