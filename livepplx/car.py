@@ -10,15 +10,15 @@ after a warm-up, and the long request starts at once.
     result = router([{"role": "user", "content": "What is 17 * 23?"}])
     result.answer, result.decision, result.reason, result.tokens
 
-The decision logic lives in :class:`CarPlan` (no I/O); :class:`CarRouter` and
-:class:`AsyncCarRouter` only stream the requests it describes.
+The decision logic lives in :class:`CarPlan` (no I/O) and the routing in one generator
+of steps; :class:`CarRouter` and :class:`AsyncCarRouter` only stream the requests it yields.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Generator, Literal
 
 from .calibrate import CarCalibration
 from .client import astream, stream
@@ -184,65 +184,61 @@ class CarPlan:
         )
 
 
-class CarRouter:
-    """CAR over any OpenAI-compatible client: ``router(messages) -> CarResult``.
+class _Router:
+    """What the sync and async routers share: the plan, the callback, the steps."""
+
+    def __init__(self, client: Any, model: str, *, on_decision: Callable[[CarResult], Any] | None = None,
+                 **plan_options: Any) -> None:
+        self.client = client
+        self.plan = CarPlan(model, **plan_options)
+        self.on_decision = on_decision
+
+    def _steps(self, question: Messages | str) -> Generator[dict[str, Any], Answer, CarResult]:
+        """The routing, without I/O: yields each request to stream, receives its answer."""
+        messages = _as_messages(question)
+        short = yield self.plan.short_request(messages)
+        escalate, reason = self.plan.decide(short)
+        long = (yield self.plan.long_request(messages)) if escalate else None
+        result = self.plan.result(short, long, reason)
+        if self.on_decision:
+            self.on_decision(result)
+        return result
+
+
+class CarRouter(_Router):
+    """CAR over any OpenAI-compatible client: ``router(question) -> CarResult``.
 
     A callable an agent can use as a tool. ``on_decision`` (optional) is called with each
     result, after the decision and any long answer. ``plan_options`` are :class:`CarPlan`'s.
     """
 
-    def __init__(self, client: Any, model: str, *, on_decision: Callable[[CarResult], Any] | None = None,
-                 **plan_options: Any) -> None:
-        self.client = client
-        self.plan = CarPlan(model, **plan_options)
-        self.on_decision = on_decision
-
     def __call__(self, question: Messages | str) -> CarResult:
         """Route one question (chat messages, or a plain string)."""
-        messages = _as_messages(question)
-        with stream(self.client, **self.plan.short_request(messages)) as s:
-            for _ in s:
-                pass
-        short = _answer(s)
-        escalate, reason = self.plan.decide(short)
-        long = None
-        if escalate:
-            with stream(self.client, **self.plan.long_request(messages)) as l:
-                for _ in l:
+        steps = self._steps(question)
+        request = next(steps)
+        while True:
+            with stream(self.client, **request) as s:
+                for _ in s:
                     pass
-            long = _answer(l)
-        result = self.plan.result(short, long, reason)
-        if self.on_decision:
-            self.on_decision(result)
-        return result
+            try:
+                request = steps.send(_answer(s))
+            except StopIteration as done:
+                return done.value
 
 
-class AsyncCarRouter:
-    """:class:`CarRouter` for an ``AsyncOpenAI`` client: ``await router(messages)``."""
-
-    def __init__(self, client: Any, model: str, *, on_decision: Callable[[CarResult], Any] | None = None,
-                 **plan_options: Any) -> None:
-        self.client = client
-        self.plan = CarPlan(model, **plan_options)
-        self.on_decision = on_decision
+class AsyncCarRouter(_Router):
+    """:class:`CarRouter` for an ``AsyncOpenAI`` client: ``await router(question)``."""
 
     async def __call__(self, question: Messages | str) -> CarResult:
         """Route one question (chat messages, or a plain string)."""
-        messages = _as_messages(question)
-        s = await astream(self.client, **self.plan.short_request(messages))
-        async with s:
-            async for _ in s:
-                pass
-        short = _answer(s)
-        escalate, reason = self.plan.decide(short)
-        long = None
-        if escalate:
-            l = await astream(self.client, **self.plan.long_request(messages))
-            async with l:
-                async for _ in l:
+        steps = self._steps(question)
+        request = next(steps)
+        while True:
+            s = await astream(self.client, **request)
+            async with s:
+                async for _ in s:
                     pass
-            long = _answer(l)
-        result = self.plan.result(short, long, reason)
-        if self.on_decision:
-            self.on_decision(result)
-        return result
+            try:
+                request = steps.send(_answer(s))
+            except StopIteration as done:
+                return done.value
