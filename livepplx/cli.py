@@ -106,7 +106,7 @@ class _Run:
         self.title = title
         self.interrupted = False
 
-    def read(self, chunks: Iterable[bytes], on_chunk: Callable[[bytes], None] | None = None) -> None:
+    def read(self, chunks: Iterable[Any], on_chunk: Callable[[Any], object] | None = None) -> None:
         from .monitor import MonitoredStream
 
         m = MonitoredStream(chunks, self.state)
@@ -123,12 +123,12 @@ class _Run:
             pass  # the state recorded it; the statistics read so far are reported
 
     @staticmethod
-    def _drain(m: Iterable[bytes], on_chunk: Callable[[bytes], None] | None) -> None:
+    def _drain(m: Iterable[Any], on_chunk: Callable[[Any], object] | None) -> None:
         for chunk in m:
             if on_chunk:
                 on_chunk(chunk)
 
-    def _show(self, m: Any, on_chunk: Callable[[bytes], None] | None) -> None:
+    def _show(self, m: Any, on_chunk: Callable[[Any], object] | None) -> None:
         from rich.console import Console
         from rich.live import Live
 

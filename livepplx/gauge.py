@@ -26,7 +26,7 @@ from .monitor import MonitoredStream, monitor
 from .state import StreamState
 from .stats import ChoiceStats
 from .tokens import Token
-from .triggers import AllOf, AnyOf, Condition, Not, Trigger, ppl_above, sustained
+from .triggers import AllOf, AnyOf, Condition, Trigger, ppl_above, sustained
 
 __all__ = ["Gauge", "watch", "big_number", "sparkline", "ppl_levels"]
 

@@ -18,7 +18,19 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Generic, Iterable, Iterator, TypeVar
+from typing import (
+    Any,
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Generic,
+    Iterable,
+    Iterator,
+    TypeVar,
+    cast,
+)
 
 from .errors import StreamErrorEvent
 from .state import Stop, StreamState
@@ -115,10 +127,10 @@ class MonitoredStream(_Monitored, Generic[T]):
 
     def __init__(self, stream: Iterable[T], state: StreamState) -> None:
         super().__init__(stream, state)
-        self._source: Iterable[Any] = stream.iter_bytes() if _is_response(stream) else stream
-        self._chunks = self._iterate()
+        self._source: Iterable[Any] = cast(Any, stream).iter_bytes() if _is_response(stream) else stream
+        self._chunks: Generator[T, None, None] = self._iterate()
 
-    def _iterate(self) -> Iterator[T]:
+    def _iterate(self) -> Generator[T, None, None]:
         try:
             for chunk in self._source:
                 self.state.handle(chunk)
@@ -178,10 +190,10 @@ class AsyncMonitoredStream(_Monitored, Generic[T]):
 
     def __init__(self, stream: AsyncIterable[T], state: StreamState) -> None:
         super().__init__(stream, state)
-        self._source: AsyncIterable[Any] = stream.aiter_bytes() if _is_response(stream) else stream
-        self._chunks = self._iterate()
+        self._source: AsyncIterable[Any] = cast(Any, stream).aiter_bytes() if _is_response(stream) else stream
+        self._chunks: AsyncGenerator[T, None] = self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[T]:
+    async def _iterate(self) -> AsyncGenerator[T, None]:
         try:
             async for chunk in self._source:
                 self.state.handle(chunk)

@@ -61,7 +61,7 @@ class StreamDecoder:
         self._pending = ""  # NDJSON lines of an unfinished multi-line document
         self._events = 0
 
-    def feed(self, chunk: bytes | str) -> list[Event]:
+    def feed(self, chunk: bytes | bytearray | memoryview | str) -> list[Event]:
         """Decode what arrived; return the events it completed."""
         if isinstance(chunk, (bytes, bytearray, memoryview)):
             try:

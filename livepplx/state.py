@@ -111,7 +111,7 @@ class StreamState:
     ) -> None:
         if on_missing_logprobs not in ("raise", "warn", "ignore"):
             raise ValueError(f"on_missing_logprobs must be 'raise', 'warn' or 'ignore', got {on_missing_logprobs!r}")
-        self._stats_options = dict(window=window, ema_alpha=ema_alpha, group_window=group_window, vocab_size=vocab_size)
+        self._stats_options: dict[str, Any] = dict(window=window, ema_alpha=ema_alpha, group_window=group_window, vocab_size=vocab_size)
         ChoiceStats(**self._stats_options)  # check the options now, not at the first token
         self.text_limit = text_limit
         #: the detected wire format (a key of :data:`livepplx.formats.FORMATS`), None until known

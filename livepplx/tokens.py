@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from enum import IntEnum
-from typing import Iterable
+from typing import Any, Iterable
 
 __all__ = ["CENSORED_AT_OR_BELOW", "UNLISTED_FLOOR", "Status", "Token", "make_token", "as_logprob"]
 
@@ -103,7 +103,7 @@ def as_logprob(raw: object, prob_mode: bool = False) -> float | None:
 
 
 def _clean_alternatives(alternatives: Iterable[object], prob_mode: bool) -> tuple[float, ...]:
-    values = tuple(alternatives)
+    values: tuple[Any, ...] = tuple(alternatives)
     if not prob_mode and values:
         # Fast path: every value an ordinary logprob. min/max raise TypeError on None or
         # a string, and a NaN makes the sum compare unequal to itself.

@@ -151,7 +151,7 @@ def test_ctrl_c_stops_prints_the_summary_and_exits_130() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "livepplx.cli", "replay", "-", "--json"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
-    for i in range(20):
+    for _ in range(20):
         proc.stdin.write(token_event("x", -1.0))
     proc.stdin.flush()
     time.sleep(1.5)  # the stream stays open, as a live `curl -N` would

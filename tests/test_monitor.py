@@ -209,7 +209,7 @@ def test_raw_mid_stream_error_raises_a_named_error_with_the_stats_kept() -> None
 
 def test_a_thousand_async_streams_at_once() -> None:
     async def source(seed: int):  # type: ignore[no-untyped-def]
-        for i in range(20):
+        for _ in range(20):
             await asyncio.sleep(0)
             yield {"choices": [{"index": 0, "delta": {"content": "x"},
                                 "logprobs": {"content": [{"token": "x", "logprob": -0.01 * (seed % 7 + 1)}]}}]}

@@ -92,7 +92,7 @@ def test_one_span_per_stream_with_many_streams_at_once(otel: Any) -> None:
     recorder, spans, reader, _ = otel
     streams = [monitor(open(recording_path(name), "rb"), listeners=[recorder], stop_above=8.0)
                for name in ("llamacpp-python-chat", "llamacpp-server-chat", "llamacpp-server-native")]
-    for chunks in zip(*streams):  # interleaved, as concurrent agents would be
+    for _ in zip(*streams):  # interleaved, as concurrent agents would be
         pass
     for m in streams:
         m.close()
