@@ -65,6 +65,12 @@ def _paced(chunks: Iterable[bytes], state: StreamState, tokens_per_second: float
 # -- output ------------------------------------------------------------------------------
 
 
+def _one_line(message: str, limit: int = 500) -> str:
+    """A server's message on one line (some send tracebacks), cut to a readable length."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -167,7 +173,7 @@ class _Run:
             print("livepplx: interrupted", file=sys.stderr)
             return 130
         if failure is not None:
-            print(f"livepplx: error: {failure}", file=sys.stderr)
+            print(f"livepplx: error: {_one_line(failure)}", file=sys.stderr)
             return 1
         return 0
 
@@ -450,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except _Fail as e:
-        print(f"livepplx: error: {e}", file=sys.stderr)
+        print(f"livepplx: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("livepplx: interrupted", file=sys.stderr)

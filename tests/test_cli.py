@@ -121,3 +121,10 @@ def test_replay_stop_above_reports_the_stop() -> None:
     report = json.loads(result.stdout)
     assert result.returncode == 0 and report["stopped"] == {"reason": "ppl above 12", "choice": 0, "at_token": 14}
     assert report["tokens"] == 14 and report["ppl"] > 12
+
+
+def test_a_multi_line_server_error_is_reported_on_one_line() -> None:
+    body = sse({"error": {"message": "1 validation error:\n  body\n    Input should be a valid dictionary"}}, done=False)
+    result = run_bytes("replay", "-", stdin=body)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1 and lines == ["livepplx: error: 1 validation error: body Input should be a valid dictionary"]
