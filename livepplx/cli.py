@@ -51,6 +51,13 @@ def _open(path: str) -> IO[bytes]:
         raise _Fail(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def _create(path: str) -> IO[bytes]:
+    try:
+        return open(path, "wb")
+    except OSError as e:
+        raise _Fail(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _paced(chunks: Iterable[bytes], state: StreamState, tokens_per_second: float) -> Iterator[bytes]:
     """Let chunks through no faster than `tokens_per_second` (what the state has counted)."""
     start = time.monotonic()
@@ -244,7 +251,7 @@ def _chat(args: argparse.Namespace) -> int:
     request = build_request("chat", request, top_logprobs=args.top_logprobs, include_usage=True)
     state = _state(args)
     run = _Run(args, state, args.model)
-    record = open(args.record, "wb") if args.record else None
+    record = _create(args.record) if args.record else None
     try:
         with client.chat.completions.with_streaming_response.create(**request) as response:
             # The raw bytes: read by livepplx's own reader, and recordable as they came.
@@ -264,7 +271,7 @@ def _chat_local(args: argparse.Namespace) -> int:
 
     state = _state(args)
     run = _Run(args, state, "gemma-3-270m (local)")
-    record = open(args.record, "wb") if args.record else None
+    record = _create(args.record) if args.record else None
 
     def save(chunk: Any) -> None:  # the chunks are dicts: recorded as the SSE a server would send
         assert record is not None
@@ -323,7 +330,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     except CalibrationError as e:
         raise _Fail(str(e)) from None
     if args.out:
-        cal.save(args.out)
+        with _create(args.out) as out:
+            out.write((cal.to_json() + "\n").encode())
     if args.json:
         print(json.dumps({
             "answers": len(scores), "correct": sum(labels), "auroc": area,

@@ -128,3 +128,12 @@ def test_a_multi_line_server_error_is_reported_on_one_line() -> None:
     result = run_bytes("replay", "-", stdin=body)
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 1 and lines == ["livepplx: error: 1 validation error: body Input should be a valid dictionary"]
+
+
+def test_files_that_cannot_be_written_are_one_line(tmp_path: Path) -> None:
+    labelled = tmp_path / "l.jsonl"
+    labelled.write_text("".join(json.dumps({"ppl": p, "correct": c}) + "\n"
+                                for p, c in [(1.0, True), (1.2, True), (3.0, False), (3.5, False)]))
+    result = run("calibrate", str(labelled), "--out", "/no/such/dir/car.json")
+    assert result.returncode == 1 and result.stderr.startswith("livepplx: error: cannot write /no/such/dir/car.json")
+    assert "Traceback" not in result.stderr
