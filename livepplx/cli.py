@@ -148,8 +148,9 @@ class _Run:
         from .gauge import REFRESH_PER_SECOND, Gauge
 
         console = Console(stderr=False)
-        gauge = Gauge(self.state, show_text=True, title=self.title)
         if console.is_terminal:
+            # Made only here: the gauge records history on every token, wasted off a terminal.
+            gauge = Gauge(self.state, show_text=True, title=self.title)
             with Live(gauge, console=console, refresh_per_second=REFRESH_PER_SECOND):
                 self._drain(m, on_chunk)
         else:
@@ -161,8 +162,8 @@ class _Run:
                 if on_chunk:
                     on_chunk(chunk)
                 if self.args.command == "chat":
-                    text = self.state.text(0)
-                    sys.stdout.write(text[shown:] if len(text) >= shown else text)
+                    text = self.state.text(0)  # kept whole for chat (text_limit=None)
+                    sys.stdout.write(text[shown:])
                     sys.stdout.flush()
                     shown = len(text)
 

@@ -330,12 +330,13 @@ class StreamState:
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready report: format, choice 0's tokens and ppl, every choice, the error."""
-        first = self.choice(0).as_dict()
+        choices = [self.choices[i].as_dict() for i in sorted(self.choices)]
+        first = choices[0] if 0 in self.choices else self.choice(0).as_dict()
         return {
             "format": self.format,
             "tokens": first["tokens"],
             "ppl": first["ppl"],
-            "choices": [self.choices[i].as_dict() for i in sorted(self.choices)],
+            "choices": choices,
             "error": self.error,
             "stopped": self.stopped.as_dict() if self.stopped else None,
         }

@@ -86,13 +86,8 @@ class CountingBody:
             raise self.then_fail
 
     async def __aiter__(self):  # type: ignore[no-untyped-def]
-        for event in self.events:
-            if self.closed:
-                return
-            self.read += 1
+        for event in self:  # the same reads, counts and failure as the sync body
             yield event
-        if self.then_fail is not None:
-            raise self.then_fail
 
     def close(self) -> None:
         self.closed = True
@@ -146,11 +141,8 @@ class _Stream:
             yield from self.body
 
     async def __aiter__(self):  # type: ignore[no-untyped-def]
-        if isinstance(self.body, bytes):
-            yield self.body
-        else:
-            async for part in self.body:
-                yield part
+        for part in self:
+            yield part
 
     def close(self) -> None:
         if not isinstance(self.body, bytes):
