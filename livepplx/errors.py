@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["LivepplxError", "StreamFormatError", "NoLogprobsError", "StreamErrorEvent"]
+__all__ = [
+    "LivepplxError",
+    "StreamFormatError",
+    "NoLogprobsError",
+    "ServerStreamError",
+    "StreamErrorEvent",
+    "TooManyChoicesError",
+    "NotAStreamError",
+    "CallbackError",
+]
 
 #: What to send, said once for every message that needs it.
 HOW_TO_ASK = (
@@ -27,5 +36,24 @@ class NoLogprobsError(LivepplxError):
         super().__init__(f"{detail}: {HOW_TO_ASK}")
 
 
-class StreamErrorEvent(LivepplxError):
-    """The server sent an error event in the middle of the stream."""
+class ServerStreamError(LivepplxError):
+    """The server sent an error event in the middle of the stream; the statistics so far are kept."""
+
+
+#: The 0.1 name of :class:`ServerStreamError`, kept so existing ``except`` clauses still match.
+StreamErrorEvent = ServerStreamError
+
+
+class TooManyChoicesError(StreamFormatError):
+    """The stream named more distinct choice indexes than ``max_choices`` allows."""
+
+
+class NotAStreamError(LivepplxError, TypeError):
+    """A whole (non-streamed) response was given where a stream was expected."""
+
+
+class CallbackError(LivepplxError):
+    """A trigger's callback or escalation raised; the stream was already closed, its statistics kept.
+
+    The original exception is ``__cause__``.
+    """

@@ -28,15 +28,31 @@ __all__ = [
     "deepconf_confidence",
     "ChoiceStats",
     "DEFAULT_VOCAB_SIZE",
+    "MAX_WINDOW",
+    "json_number",
 ]
 
 _exp = math.exp
 _log = math.log
 _nan = math.nan
+_inf = math.inf
 
-#: Vocabulary size assumed by the entropy upper bound when the caller does not give one
-#: (Gemma 3's 262,144; a larger value only loosens the upper bound).
+
+def _exp_neg(mean: float) -> float:
+    """``exp(-mean)``: infinite, not an OverflowError, once ``-mean`` passes 709.78
+    (a mean logprob below that is legal input; its perplexity is beyond a double)."""
+    try:
+        return _exp(-mean)
+    except OverflowError:
+        return _inf
+
+#: Vocabulary size assumed by the entropy upper bound when the caller does not give one.
+#: It is a per-model setting: Gemma 3's 262,144 here; GPT-4o's o200k tokenizer has about
+#: 200,000, Llama 3 128,256, Qwen 2.5 151,936. Only ``entropy_upper`` depends on it, and
+#: a value larger than the model's only loosens that bound.
 DEFAULT_VOCAB_SIZE = 262_144
+#: The longest window a rolling statistic accepts: its ring buffer takes 8 bytes a slot.
+MAX_WINDOW = 1 << 24
 
 
 class Mean:
@@ -90,8 +106,8 @@ class RollingMean:
     __slots__ = ("window", "_buf", "_pos", "_count", "_sum", "_comp")
 
     def __init__(self, window: int) -> None:
-        if window < 1:
-            raise ValueError(f"window must be a positive number of tokens, got {window}")
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+            raise ValueError(f"window must be a whole number of tokens from 1 to {MAX_WINDOW:,}, got {window!r}")
         self.window = window
         # Raw doubles: the memory is fixed from the start (a list would grow by a float
         # object per slot as the window fills).
@@ -142,8 +158,8 @@ class EWMean:
     __slots__ = ("alpha", "_value")
 
     def __init__(self, alpha: float) -> None:
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
         self.alpha = alpha
         self._value = _nan
 
@@ -202,20 +218,21 @@ def topk_entropy(alternatives: Sequence[float], vocab_size: int = DEFAULT_VOCAB_
     k = len(alternatives)
     total = 0.0
     p_log_p = 0.0
-    p_min = 1.0
+    a_min = 0.0
     for a in alternatives:
         p = _exp(a)
         total += p
         p_log_p += p * a
-        if p < p_min:
-            p_min = p
-    if total <= 0.0:
+        if a < a_min:
+            a_min = a
+    if total <= 0.0:  # every alternative below -745: exp underflows, nothing to renormalise
         return _nan, _nan, _nan, _nan
     h_k = _log(total) - p_log_p / total
     r = 1.0 - total
     if r <= 1e-12:  # float32 logprobs can sum a hair above 1
         return h_k, 0.0, -p_log_p, -p_log_p
-    lower = -p_log_p + r * -_log(min(p_min, r))
+    # log(1 / min(p_min, r)) from the logprob itself: exp(a_min) may underflow to 0.
+    lower = -p_log_p + r * -min(a_min, _log(r))
     unseen = vocab_size - k
     upper = -p_log_p + r * _log(unseen / r) if unseen > 0 else lower
     return h_k, r, lower, max(lower, upper)
@@ -232,8 +249,19 @@ def deepconf_confidence(alternatives: Sequence[float]) -> float:
     return -sum(alternatives) / len(alternatives) if alternatives else _nan
 
 
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def json_number(x: float) -> float | str | None:
+    """A statistic as JSON allows it: the number, ``None`` (null) when it is undefined
+    (NaN: no token yet), or the string ``"inf"`` / ``"-inf"`` when it is infinite (a
+    perplexity past a double's range). JSON has no NaN or Infinity.
+
+    >>> json_number(1.5), json_number(math.nan), json_number(math.inf)
+    (1.5, None, 'inf')
+    """
+    if x - x == 0.0:  # finite: the common case first
+        return x
+    if x != x:
+        return None
+    return "inf" if x > 0 else "-inf"
 
 
 class ChoiceStats:
@@ -245,8 +273,8 @@ class ChoiceStats:
         ema_alpha: weight of the newest token in the moving perplexity
             (default ``2 / (window + 1)``, pandas' "span = window").
         group_window: tokens in DeepConf's group confidence (default 2048, as in the paper).
-        vocab_size: the model's vocabulary, for the entropy upper bound
-            (default :data:`DEFAULT_VOCAB_SIZE`).
+        vocab_size: the model's vocabulary size, for the entropy upper bound only: set it
+            per model (default :data:`DEFAULT_VOCAB_SIZE`, Gemma 3's 262,144).
 
     Definitions: ``ppl = exp(-mean logprob)`` over the tokens counted (``OK`` and
     ``CENSORED``); a ``SKIPPED`` token changes nothing but :attr:`skipped`. Entropy
@@ -264,6 +292,8 @@ class ChoiceStats:
         group_window: int = 2048,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
     ) -> None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size must be the model's vocabulary size, a positive whole number; got {vocab_size!r}")
         self.index = index
         self.vocab_size = vocab_size
         #: tokens counted in the statistics (OK and CENSORED)
@@ -274,8 +304,7 @@ class ChoiceStats:
         self.skipped = 0
         #: the newest counted logprob
         self.last_logprob = _nan
-        #: the lowest counted logprob
-        self.min_logprob = math.inf
+        self._min_logprob = _inf  # the lowest counted logprob (min_logprob: NaN before the first)
         #: positions that listed alternatives
         self.topk_positions = 0
         #: the newest position's top-k entropy, tail mass and bounds on the full entropy
@@ -305,8 +334,8 @@ class ChoiceStats:
         lp = token.logprob
         self.tokens += 1
         self.last_logprob = lp
-        if lp < self.min_logprob:
-            self.min_logprob = lp
+        if lp < self._min_logprob:
+            self._min_logprob = lp
         self._mean.update(lp)
         self._window.update(lp)
         self._ema.update(lp)
@@ -339,25 +368,30 @@ class ChoiceStats:
     @property
     def ppl(self) -> float:
         """Running perplexity ``exp(-mean logprob)``; NaN before the first token."""
-        return _exp(-self._mean.get())
+        return _exp_neg(self._mean.get())
 
     @property
     def window_ppl(self) -> float:
         """Perplexity of the last ``window`` tokens."""
-        return _exp(-self._window.get())
+        return _exp_neg(self._window.get())
 
     @property
     def moving_ppl(self) -> float:
         """Exponentially weighted moving perplexity."""
-        return _exp(-self._ema.get())
+        return _exp_neg(self._ema.get())
+
+    @property
+    def min_logprob(self) -> float:
+        """The lowest counted logprob; NaN before the first token."""
+        return self._min_logprob if self.tokens else _nan
 
     @property
     def min_prob(self) -> float:
-        return _exp(self.min_logprob) if self.tokens else _nan
+        return _exp(self._min_logprob) if self.tokens else _nan
 
     @property
     def max_surprisal(self) -> float:
-        return -self.min_logprob if self.tokens else _nan
+        return -self._min_logprob if self.tokens else _nan
 
     @property
     def surprisal_var(self) -> float:
@@ -381,8 +415,9 @@ class ChoiceStats:
         return self._group.window
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary; undefined values (no tokens yet) are ``None``."""
-        f = _finite_or_none
+        """A JSON-ready summary: undefined values (no tokens yet) are ``None``, infinite
+        ones the strings ``"inf"`` / ``"-inf"`` (:func:`json_number`)."""
+        f = json_number
         return {
             "index": self.index,
             "tokens": self.tokens,

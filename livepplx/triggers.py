@@ -1,9 +1,9 @@
 """Threshold triggers: conditions over the live statistics, and what to do when they hold.
 
 A condition is a small object called with one choice's :class:`ChoiceStats` after
-each token; it returns True when the trigger should fire. Conditions combine with
-``|`` and ``&`` (as tenacity's stop strategies do), and a plain function of the
-statistics is accepted wherever a condition is.
+each counted token; it returns True when the trigger should fire. Conditions combine
+with ``|``, ``&`` and ``~`` (as tenacity's stop strategies do), and a plain function of
+the statistics is accepted wherever a condition is.
 
 >>> from livepplx.stats import ChoiceStats
 >>> from livepplx.tokens import make_token
@@ -14,19 +14,28 @@ False
 >>> s.update(make_token(0, "", -2.0)); rule(s)    # ppl exp(2.5) = 12.2 after two
 True
 
-The firing rule: a :class:`Trigger` fires once per crossing. It fires on the first
-token at which its condition holds, then stays quiet while the condition keeps
-holding, and re-arms on the first token at which the condition no longer holds;
-the next crossing fires again. Each choice of an ``n > 1`` stream has its own
-arming state, and every stream binds its own copy of a stateful condition
-(:func:`sustained`), so one trigger object can watch many streams at once.
+Observing and holding are two steps. ``observe(stats)`` lets a stateful condition
+(:func:`sustained`, a plain function, which may keep state of its own) see the token;
+``holds(stats)`` answers, without changing anything. Combinators observe through every
+operand on every token and only then combine the answers, so ``a & sustained(b, 3)``
+counts ``b``'s run even on tokens where ``a`` is false; calling a condition does both.
+
+The firing rule: a :class:`Trigger` fires once per crossing of its whole condition. It
+fires on the first token at which the condition holds, then stays quiet while it keeps
+holding, and re-arms on the first token at which it no longer holds; the next crossing
+fires again. Each choice of an ``n > 1`` stream has its own arming state, and every
+stream binds its own copy of a stateful condition, so one trigger object can watch many
+streams at once.
+
+A trigger that stops records the stop; the wrapper that reads the stream closes it and
+only then runs the callbacks (``call``), then the escalations (:mod:`livepplx.monitor`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Union
 
 from .stats import ChoiceStats
 
@@ -45,14 +54,31 @@ __all__ = [
     "Trigger",
     "TriggerEvent",
     "Escalation",
+    "Callback",
 ]
 
 
 class Condition:
-    """Base of every condition: ``condition(stats) -> bool``; combine with ``|`` and ``&``."""
+    """Base of every condition: ``condition(stats) -> bool``; combine with ``|``, ``&``, ``~``.
+
+    Subclasses define :meth:`holds`; a condition that keeps state across tokens also
+    defines :meth:`observe` and :meth:`bind`, and sets ``stateful = True``.
+    """
+
+    #: True when :meth:`observe` must see every counted token
+    stateful = False
+
+    def observe(self, stats: ChoiceStats) -> None:
+        """See one counted token (the statistics already include it). Stateless: nothing."""
+
+    def holds(self, stats: ChoiceStats) -> bool:
+        """Whether the condition holds now; changes nothing."""
+        raise NotImplementedError
 
     def __call__(self, stats: ChoiceStats) -> bool:
-        raise NotImplementedError
+        """Observe the newest token, then answer: what a trigger does on every counted token."""
+        self.observe(stats)
+        return self.holds(stats)
 
     def bind(self) -> Condition:
         """A copy for one choice of one stream; stateless conditions return themselves."""
@@ -78,11 +104,23 @@ ConditionLike = Union[Condition, Callable[[ChoiceStats], bool]]
 
 
 class _Function(Condition):
+    """A plain function of the statistics: called exactly once per counted token (it may
+    keep state of its own), its answer kept until the next token."""
+
+    stateful = True
+
     def __init__(self, fn: Callable[[ChoiceStats], bool]) -> None:
         self.fn = fn
+        self._last = False
 
-    def __call__(self, stats: ChoiceStats) -> bool:
-        return bool(self.fn(stats))
+    def observe(self, stats: ChoiceStats) -> None:
+        self._last = bool(self.fn(stats))
+
+    def holds(self, stats: ChoiceStats) -> bool:
+        return self._last
+
+    def bind(self) -> Condition:
+        return _Function(self.fn)
 
     def __repr__(self) -> str:
         return getattr(self.fn, "__name__", repr(self.fn))
@@ -97,33 +135,37 @@ def as_condition(value: ConditionLike) -> Condition:
     raise TypeError(f"a trigger condition must be a Condition or a function of ChoiceStats, got {value!r}")
 
 
-class AnyOf(Condition):
-    """Holds when any of its conditions holds (``a | b``)."""
+class _Combination(Condition):
+    """What ``|`` and ``&`` share: every stateful operand observes every token."""
 
     def __init__(self, *conditions: Condition) -> None:
         self.conditions = conditions
+        self._observing = tuple(c for c in conditions if c.stateful)
+        self.stateful = bool(self._observing)
 
-    def __call__(self, stats: ChoiceStats) -> bool:
-        return any(c(stats) for c in self.conditions)
+    def observe(self, stats: ChoiceStats) -> None:
+        for c in self._observing:
+            c.observe(stats)
 
     def bind(self) -> Condition:
-        return AnyOf(*(c.bind() for c in self.conditions))
+        return type(self)(*(c.bind() for c in self.conditions)) if self.stateful else self
+
+
+class AnyOf(_Combination):
+    """Holds when any of its conditions holds (``a | b``)."""
+
+    def holds(self, stats: ChoiceStats) -> bool:
+        return any(c.holds(stats) for c in self.conditions)
 
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.conditions))
 
 
-class AllOf(Condition):
-    """Holds when all of its conditions hold (``a & b``); stops at the first that does not."""
+class AllOf(_Combination):
+    """Holds when all of its conditions hold (``a & b``)."""
 
-    def __init__(self, *conditions: Condition) -> None:
-        self.conditions = conditions
-
-    def __call__(self, stats: ChoiceStats) -> bool:
-        return all(c(stats) for c in self.conditions)
-
-    def bind(self) -> Condition:
-        return AllOf(*(c.bind() for c in self.conditions))
+    def holds(self, stats: ChoiceStats) -> bool:
+        return all(c.holds(stats) for c in self.conditions)
 
     def __repr__(self) -> str:
         return " & ".join(f"({c!r})" if isinstance(c, AnyOf) else repr(c) for c in self.conditions)
@@ -135,12 +177,16 @@ class Not(Condition):
 
     def __init__(self, condition: Condition) -> None:
         self.condition = condition
+        self.stateful = condition.stateful
 
-    def __call__(self, stats: ChoiceStats) -> bool:
-        return not self.condition(stats)
+    def observe(self, stats: ChoiceStats) -> None:
+        self.condition.observe(stats)
+
+    def holds(self, stats: ChoiceStats) -> bool:
+        return not self.condition.holds(stats)
 
     def bind(self) -> Condition:
-        return Not(self.condition.bind())
+        return Not(self.condition.bind()) if self.stateful else self
 
     def __repr__(self) -> str:
         return f"~{self.condition!r}"
@@ -153,14 +199,18 @@ class _Threshold(Condition):
     below = False
 
     def __init__(self, limit: float) -> None:
-        if not isinstance(limit, (int, float)) or math.isnan(limit):
+        try:
+            value = float(limit)
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or math.isnan(value):
             raise ValueError(f"{self.name}() needs a number, got {limit!r}")
-        self.limit = float(limit)
+        self.limit = value
 
     def value(self, stats: ChoiceStats) -> float:
         raise NotImplementedError
 
-    def __call__(self, stats: ChoiceStats) -> bool:
+    def holds(self, stats: ChoiceStats) -> bool:
         v = self.value(stats)
         return v < self.limit if self.below else v > self.limit
 
@@ -240,11 +290,11 @@ class min_tokens(Condition):
     """At least ``n`` tokens have been seen (a warm-up before other conditions count)."""
 
     def __init__(self, n: int) -> None:
-        if n < 0:
-            raise ValueError(f"min_tokens() needs n >= 0, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"min_tokens() needs a whole number n >= 0, got {n!r}")
         self.n = n
 
-    def __call__(self, stats: ChoiceStats) -> bool:
+    def holds(self, stats: ChoiceStats) -> bool:
         return stats.tokens >= self.n
 
     def __repr__(self) -> str:
@@ -252,17 +302,22 @@ class min_tokens(Condition):
 
 
 class sustained(Condition):
-    """``condition`` has held for the last ``n`` tokens in a row."""
+    """``condition`` has held for the last ``n`` counted tokens in a row."""
+
+    stateful = True
 
     def __init__(self, condition: ConditionLike, n: int) -> None:
-        if n < 1:
-            raise ValueError(f"sustained() needs n >= 1 tokens, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sustained() needs n >= 1 tokens, got {n!r}")
         self.condition = as_condition(condition)
         self.n = n
         self._run = 0
 
-    def __call__(self, stats: ChoiceStats) -> bool:
-        self._run = self._run + 1 if self.condition(stats) else 0
+    def observe(self, stats: ChoiceStats) -> None:
+        self.condition.observe(stats)
+        self._run = self._run + 1 if self.condition.holds(stats) else 0
+
+    def holds(self, stats: ChoiceStats) -> bool:
         return self._run >= self.n
 
     def bind(self) -> Condition:
@@ -289,6 +344,10 @@ class TriggerEvent:
     #: the choice's text so far (its last ``text_limit`` characters)
     text: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (the statistics are already JSON-ready)."""
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Escalation:
@@ -304,6 +363,10 @@ def _no_callback(event: Any) -> None:
     return None
 
 
+#: A callback: a plain function, or an ``async def`` one under :func:`~livepplx.amonitor`.
+Callback = Callable[[Any], Union[Any, Awaitable[Any]]]
+
+
 class Trigger:
     """A condition and what to do when it holds.
 
@@ -315,6 +378,13 @@ class Trigger:
             so the follow-up request can start at once.
         name: how reports name the trigger (default: the condition written out).
 
+    Order, when a stopping trigger fires: the source is closed first, then every ``call``
+    of that chunk runs in firing order, then every ``escalate``. A trigger that does not
+    stop has its ``call`` run after the chunk that fired it was counted, before that chunk
+    is handed on. Under :func:`~livepplx.amonitor` and :func:`~livepplx.astream` an
+    ``async def`` callback or escalation is awaited; under the sync wrappers it is an error.
+    An exception from a callback reaches the caller as :class:`~livepplx.errors.CallbackError`.
+
     >>> Trigger(ppl_above(20) & min_tokens(8), stop=True).name
     'ppl_above(20) & min_tokens(8)'
     """
@@ -323,12 +393,16 @@ class Trigger:
         self,
         when: ConditionLike,
         *,
-        call: Callable[[TriggerEvent], Any] | None = None,
+        call: Callback | None = None,
         stop: bool = False,
-        escalate: Callable[[Escalation], Any] | None = None,
+        escalate: Callback | None = None,
         name: str | None = None,
     ) -> None:
         self.when = as_condition(when)
+        if call is not None and not callable(call):
+            raise TypeError(f"Trigger(call=...) must be a function of the TriggerEvent, got {call!r}")
+        if escalate is not None and not callable(escalate):
+            raise TypeError(f"Trigger(escalate=...) must be a function of the Escalation, got {escalate!r}")
         self.call = call or _no_callback
         self.escalate = escalate
         self.stop = stop or escalate is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -166,6 +167,10 @@ def test_small_statistics_agree_with_their_batch_formulas() -> None:
     for i, v in enumerate(x.tolist()):
         for stat in (mean, var, ema, roll):
             stat.update(v)
+        # pandas' adjust=False form, written as a weighted sum of every value so far
+        weights = 0.3 * 0.7 ** np.arange(i, -1, -1, dtype=float)
+        weights[0] = 0.7**i
+        assert math.isclose(ema.get(), float(weights @ x[: i + 1]), rel_tol=1e-9)
         assert math.isclose(mean.get(), float(np.mean(x[: i + 1])), rel_tol=1e-12)
         assert math.isclose(var.get(), float(np.var(x[: i + 1])), rel_tol=1e-9, abs_tol=1e-12)
         assert math.isclose(roll.get(), float(np.mean(x[max(0, i - 9): i + 1])), rel_tol=1e-12)
@@ -191,3 +196,37 @@ def test_skipped_and_censored_tokens_are_counted_as_the_policy_says() -> None:
 def test_bad_options_name_the_parameter(bad: int) -> None:
     with pytest.raises(ValueError, match="window"):
         ChoiceStats(window=bad)
+
+
+def test_a_mean_logprob_past_exp_range_is_an_infinite_ppl_not_an_overflow() -> None:
+    stats = ChoiceStats(window=2)
+    for lp in (-800.0, -800.0):  # legal logprobs (above the -9999 censor line), exp(800) > 1.8e308
+        stats.update(make_token(0, "x", lp))
+    assert stats.ppl == math.inf and stats.window_ppl == math.inf and stats.moving_ppl == math.inf
+    assert stats.min_prob == 0.0 and stats.max_surprisal == 800.0
+    summary = stats.as_dict()
+    assert summary["ppl"] == "inf" and summary["window_ppl"] == "inf" and summary["mean_logprob"] == -800.0
+    json.loads(json.dumps(summary, allow_nan=False))  # valid JSON: no bare Infinity
+
+
+def test_alternatives_whose_probability_underflows_keep_finite_entropy_bounds() -> None:
+    # p = exp(-800) is 0.0 in a double: the bound must come from the logprob, not log(0).
+    alts = [-0.01, -800.0, -1000.0]
+    h, r, lower, upper = topk_entropy(alts, vocab_size=1000)
+    p = np.exp(np.array(alts))
+    r_ref = 1 - p.sum()
+    plogp = float(np.sum(p * np.array(alts)))
+    assert math.isclose(r, r_ref, rel_tol=1e-12)
+    assert math.isclose(lower, -plogp + r_ref * 1000.0, rel_tol=1e-12)  # log(1/min(p_min, r)) = 1000
+    assert math.isfinite(h) and upper >= lower
+    stats = ChoiceStats()
+    stats.update(make_token(0, "x", -0.01, alts))
+    assert stats.entropy_lower == lower
+    all_tiny = topk_entropy([-800.0, -900.0])
+    assert all(math.isnan(v) for v in all_tiny)  # nothing left to renormalise: undefined, not an error
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10**10, 2.5, True, "64"])
+def test_a_window_that_is_not_a_sane_count_is_a_value_error(bad: object) -> None:
+    with pytest.raises(ValueError, match="window must be"):
+        ChoiceStats(window=bad)  # type: ignore[arg-type]

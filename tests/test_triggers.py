@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from livepplx import (
     StreamState,
@@ -110,3 +112,58 @@ def test_several_tokens_in_one_chunk_stop_at_the_crossing_token() -> None:
 def test_bad_arguments_name_the_problem(bad: object) -> None:
     with pytest.raises((ValueError, TypeError)):
         bad()  # type: ignore[operator]
+
+
+# -- every part of an expression sees every token ------------------------------------------------
+
+def _reference_fires(expr: str, lows: list[bool]) -> list[int]:
+    """Evaluate each part per token on its own, combine, then apply the firing rule.
+
+    Parts: L = prob_below(0.5) at this token; S = sustained(L, 2); T = sustained(~L, 3).
+    """
+    at, armed, run_s, run_t = [], True, 0, 0
+    for i, low in enumerate(lows, 1):
+        run_s = run_s + 1 if low else 0
+        run_t = run_t + 1 if not low else 0
+        value = eval(expr, {}, {"L": low, "S": run_s >= 2, "T": run_t >= 3})  # noqa: S307
+        if value and armed:
+            at.append(i)
+        armed = not value
+    return at
+
+
+_CONDITIONS = {"L": lambda: prob_below(0.5), "S": lambda: sustained(prob_below(0.5), 2),
+               "T": lambda: sustained(~prob_below(0.5), 3)}
+_EXPRESSIONS = [
+    ("L and S", lambda c: c["L"] & c["S"]), ("S and L", lambda c: c["S"] & c["L"]),
+    ("L or S", lambda c: c["L"] | c["S"]), ("S or L", lambda c: c["S"] | c["L"]),
+    ("not S", lambda c: ~c["S"]), ("not (L and S)", lambda c: ~(c["L"] & c["S"])),
+    ("S and T", lambda c: c["S"] & c["T"]), ("S or T", lambda c: c["S"] | c["T"]),
+    ("(not L) and S", lambda c: ~c["L"] & c["S"]), ("T or (L and S)", lambda c: c["T"] | (c["L"] & c["S"])),
+]
+
+
+@pytest.mark.parametrize("expr,build", _EXPRESSIONS, ids=[e for e, _ in _EXPRESSIONS])
+@settings(max_examples=40, deadline=None)
+@given(lows=st.lists(st.booleans(), max_size=30))
+def test_every_operator_with_a_stateful_operand_matches_a_per_part_reference(expr: str, build: object, lows: list[bool]) -> None:
+    condition = build({k: make() for k, make in _CONDITIONS.items()})  # type: ignore[operator]
+    assert fires(condition, [-2.0 if low else -0.1 for low in lows]) == _reference_fires(expr, lows)
+
+
+def test_and_with_a_stateful_right_operand_does_not_fire_on_lows_that_are_not_consecutive() -> None:
+    # The 0.1 bug: & stopped at a false left operand, so sustained() missed the high tokens between lows.
+    lows = [-2.0, -0.1, -2.0, -0.1, -2.0]
+    assert fires(prob_below(0.5) & sustained(prob_below(0.5), 3), lows) == []
+    assert fires(~prob_below(0.5) | sustained(prob_below(0.5), 2), [-0.1, -2.0, -2.0]) == [1, 3]
+
+
+def test_a_plain_function_is_called_exactly_once_per_counted_token() -> None:
+    calls: list[int] = []
+
+    def counting(stats: ChoiceStats) -> bool:
+        calls.append(stats.tokens)
+        return False
+
+    fires(ppl_above(1000) & counting, [-0.1] * 4)
+    assert calls == [1, 2, 3, 4]
