@@ -4,11 +4,12 @@
 
 The input is car_eval.py's report (its rows: each short answer's perplexity and whether it
 was correct). The same fit from JSON lines on the command line:
-`livepplx calibrate labelled.jsonl --out car.json`.
+`livepplx calibrate labelled.jsonl --out car.json` (``--one-sided`` for the one-sided rule).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,9 +27,11 @@ def main(report_path: str, out: str | None = None) -> CarCalibration:
     print(f"AUROC of the short answer's perplexity: {auroc(ppls, [not c for c in correct]):.3f} (0.5 is chance)")
     print(f"correct ~ N({cal.mu_correct:.3f}, {cal.sigma_correct:.3f}^2)  incorrect ~ N({cal.mu_incorrect:.3f}, "
           f"{cal.sigma_incorrect:.3f}^2)  priors {cal.prior_correct:.2f}/{cal.prior_incorrect:.2f}")
-    print(f"escalate above: {cal.threshold if cal.threshold is None else round(cal.threshold, 3)} (Bayes rule); "
-          f"{youden.threshold:.3f} (Youden's J: catches {youden.true_positive_rate:.0%} of wrong answers, "
-          f"flags {youden.false_positive_rate:.0%} of right ones)")
+    # With unequal widths the paper's rule switches twice: it may escalate on both sides.
+    print(f"the paper's Bayes rule: {cal.describe()}")
+    print(f"one-sided (rule='upper'): {dataclasses.replace(cal, rule='upper').describe()}")
+    print(f"Youden's J: escalate when ppl > {youden.threshold:.3f} (catches {youden.true_positive_rate:.0%} of "
+          f"wrong answers, flags {youden.false_positive_rate:.0%} of right ones)")
     if out:
         cal.save(out)
         print(f"saved {out}")

@@ -292,26 +292,62 @@ def _chat_local(args: argparse.Namespace) -> int:
 
 
 def _labelled(path: str, score_key: str, label_key: str) -> tuple[list[float], list[bool]]:
-    """Scores and labels from JSON lines: one object per labelled answer."""
+    """Scores and labels from JSON lines: one object per labelled answer.
+
+    A score written as null, NaN or Infinity (how tools write a missing or an infinite
+    perplexity) is read as NaN: the fits drop it, and the count is reported. Anything else
+    is one line and exit 1: a line that is not a JSON object or nests too deep, a score that
+    is not a number or is a number too large for a float (``1e999``, which ``json`` would
+    read as infinity), a label other than true, false, 1 or 0.
+    """
+    too_large = object()  # a number literal past a float's range, told apart from the Infinity literal
+
+    def number(text: str) -> Any:
+        value = float(text)
+        return too_large if math.isinf(value) else value
+
+    def integer(text: str) -> Any:
+        try:
+            value = int(text)
+            float(value)
+        except (ValueError, OverflowError):  # past 4300 digits, or past 1.8e308
+            return too_large
+        return value
+
+    def kind(value: Any) -> str:  # the JSON type, never the (untrusted) value itself
+        return {str: "a string", list: "an array", dict: "an object", bool: "a boolean", type(None): "null",
+                int: "a number", float: "a number"}.get(type(value), "something else")
+
+    example = f'{{"{score_key}": 1.8, "{label_key}": true}}'
     scores: list[float] = []
     labels: list[bool] = []
     source = _open(path)
     try:
-        for number, raw in enumerate(source, 1):
+        for number_of_line, raw in enumerate(source, 1):
+            where = f"{path} line {number_of_line}"
             line = raw.decode("utf-8", "replace").strip()
             if not line:
                 continue
             try:
-                record = json.loads(line)
-                score, label = record[score_key], record[label_key]
+                record = json.loads(line, parse_float=number, parse_int=integer)
+            except RecursionError:
+                raise _Fail(f"{where} nests too deep to read: one flat object a line, like {example}") from None
             except ValueError:
-                raise _Fail(f"{path} line {number} is not JSON: one object a line, like "
-                            f'{{"{score_key}": 1.8, "{label_key}": true}}') from None
-            except (KeyError, TypeError):
-                raise _Fail(f"{path} line {number} has no {score_key!r} and {label_key!r}: "
-                            "name the fields with --score and --label") from None
-            if not isinstance(score, (int, float)) or isinstance(score, bool) or label not in (True, False, 0, 1):
-                raise _Fail(f"{path} line {number}: {score_key!r} must be a number and {label_key!r} true or false")
+                raise _Fail(f"{where} is not JSON: one object a line, like {example}") from None
+            if not isinstance(record, dict):
+                raise _Fail(f"{where} is {kind(record)}, not a JSON object: one object a line, like {example}")
+            if score_key not in record or label_key not in record:
+                raise _Fail(f"{where} has no {score_key!r} and {label_key!r}: name the fields with --score and --label")
+            score, label = record[score_key], record[label_key]
+            if score is too_large:
+                raise _Fail(f"{where}: {score_key!r} is a number too large for a float")
+            if score is None:
+                score = math.nan  # no score: dropped and counted, as NaN and infinity are
+            if isinstance(score, bool) or not isinstance(score, (int, float)):
+                raise _Fail(f"{where}: {score_key!r} must be a number (or null), got {kind(score)}")
+            if not (label is True or label is False or (type(label) is int and label in (0, 1))):
+                raise _Fail(f"{where}: {label_key!r} must be true or false (or 1 or 0), got {kind(label)}"
+                            + (f" {label}" if type(label) in (int, float) else ""))
             scores.append(float(score))
             labels.append(bool(label))
     finally:
@@ -321,32 +357,50 @@ def _labelled(path: str, score_key: str, label_key: str) -> tuple[list[float], l
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
     from .calibrate import CalibrationError, CarCalibration, auroc, fit_threshold
 
-    scores, labels = _labelled(args.path, args.score, args.label)
+    raw_scores, raw_labels = _labelled(args.path, args.score, args.label)
+    scores, labels = np.asarray(raw_scores, dtype=float), np.asarray(raw_labels, dtype=bool)
+    finite = np.isfinite(scores)
+    dropped = int(scores.size - np.count_nonzero(finite))  # the fits drop the same rows, by the same rule
     try:
-        cal = CarCalibration.fit(scores, labels)
-        area = auroc(scores, [not c for c in labels])
+        cal = CarCalibration.fit(scores, labels, rule="upper" if args.one_sided else "bayes")
+        area = auroc(scores, ~labels)
         youden = fit_threshold(scores, labels)
     except CalibrationError as e:
-        raise _Fail(str(e)) from None
+        why = f" ({dropped} of {scores.size} rows dropped: {args.score} null, NaN or infinite)" if dropped else ""
+        raise _Fail(f"{e}{why}") from None
+    used, correct = int(np.count_nonzero(finite)), int(np.count_nonzero(labels & finite))
+    paper = dataclasses.replace(cal, rule="bayes")
     if args.out:
         with _create(args.out) as out:
             out.write((cal.to_json() + "\n").encode())
     if args.json:
         print(json.dumps({
-            "answers": len(scores), "correct": sum(labels), "auroc": area,
-            "calibration": json.loads(cal.to_json()), "threshold": cal.threshold,
+            "answers": used, "correct": correct, "dropped": dropped, "auroc": area,
+            "calibration": json.loads(cal.to_json()), "rule": cal.rule, "escalate_when": cal.describe(args.score),
+            "thresholds": list(cal.thresholds), "threshold": cal.threshold, "upper_threshold": cal.upper_threshold,
             "youden": {"threshold": youden.threshold, "true_positive_rate": youden.true_positive_rate,
                        "false_positive_rate": youden.false_positive_rate, "precision": youden.precision},
         }))
         return 0
-    crossing = "none between the means" if cal.threshold is None else f"{cal.threshold:.3f}"
-    print(f"{len(scores)} answers, {sum(labels)} correct")
+    crossings = ", ".join(f"{t:.3f}" for t in cal.thresholds) or "none"
+    print(f"{used} answers, {correct} correct"
+          + (f"; {dropped} dropped ({args.score} null, NaN or infinite)" if dropped else ""))
     print(f"AUROC {area:.3f} ({args.score} telling incorrect answers from correct; 0.5 is chance)")
     print(f"CAR: correct ~ N({cal.mu_correct:.3f}, {cal.sigma_correct:.3f}^2), incorrect ~ "
           f"N({cal.mu_incorrect:.3f}, {cal.sigma_incorrect:.3f}^2), priors {cal.prior_correct:.2f} / "
-          f"{cal.prior_incorrect:.2f}; escalation threshold {crossing}")
+          f"{cal.prior_incorrect:.2f}; the weighted densities cross at {crossings}")
+    if cal.rule == "upper":
+        print(f"CAR rule (one-sided): {cal.describe(args.score)}; the paper's Bayes rule would "
+              f"{paper.describe(args.score)}")
+    else:
+        print(f"CAR rule (the paper's Bayes rule): {cal.describe(args.score)}"
+              + ("; --one-sided escalates only above the upper crossing" if len(cal.thresholds) > 1 else ""))
     print(f"Youden's J: flag {args.score} > {youden.threshold:.3f} (catches {youden.true_positive_rate:.0%} of "
           f"incorrect, {youden.false_positive_rate:.0%} of correct)")
     if args.out:
@@ -454,6 +508,9 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--score", default="ppl", help="the field holding the score (default ppl)")
     calibrate.add_argument("--label", default="correct", help="the field holding true/false (default correct)")
     calibrate.add_argument("--out", metavar="FILE", help="save the CAR calibration as JSON (CarCalibration.load)")
+    calibrate.add_argument("--one-sided", action="store_true",
+                           help="escalate only above the upper crossing (saved in --out); default: the paper's "
+                                "Bayes rule, which escalates on both sides when the classes' widths differ")
     calibrate.add_argument("--json", action="store_true", help="print one JSON object")
     calibrate.set_defaults(run=_calibrate)
     return parser
