@@ -6,6 +6,12 @@ stream livepplx can decide before the short answer has finished: with ``early=Tr
 the short answer is cut as soon as its running perplexity crosses the escalation rule
 after a warm-up, and the long request starts at once.
 
+Said as it is: CAR's Gaussians are fitted on *final* perplexities, while the early rule
+compares a *running* perplexity of a few tokens with them. Give ``early_calibration``, a
+calibration fitted on running perplexities at the warm-up length (``examples/car_eval.py``
+records them as ``ppl_at_warmup``), to compare like with like. The rule is checked at every
+token from the warm-up on.
+
     router = CarRouter(client, "gemma", calibration=CarCalibration.load("car.json"))
     result = router([{"role": "user", "content": "What is 17 * 23?"}])
     result.answer, result.decision, result.reason, result.tokens
@@ -19,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Literal
+
+from openai import NOT_GIVEN
 
 from .calibrate import CarCalibration
 from .client import astream, stream
@@ -45,11 +53,18 @@ class Answer:
     """One streamed answer."""
 
     text: str
+    #: tokens generated: counted from the logprobs when the answer has them, else the usage
+    #: chunk's ``completion_tokens``, else the pieces of text streamed (see ``tokens_from``)
     tokens: int
     #: its running perplexity at the end (None when no logprobs came)
     ppl: float | None
-    #: cut before it finished
+    #: closed before the server finished it: stopped, its end not read, and short of ``max_tokens``
     cut: bool
+    #: stopped by the early rule (perhaps on its last token: then it is whole and not ``cut``)
+    stopped: bool = False
+    #: where ``tokens`` came from: ``"logprobs"``, ``"usage"``, or ``"text chunks"`` (an estimate:
+    #: one token per streamed piece of text, what llama.cpp and OpenAI send)
+    tokens_from: Literal["logprobs", "usage", "text chunks"] = "logprobs"
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,11 @@ class CarResult:
 
     @property
     def short_cut(self) -> bool:
-        """The short answer was cut early, to escalate sooner."""
+        """The short answer's stream was closed before the server finished it, to escalate
+        sooner. Not when the rule was met on its last token: its end had been read, or it
+        had reached its ``max_tokens``. (Where the end comes in a chunk of its own after the
+        last token, as in OpenAI's and llama.cpp's streams, a stop on the last token closes
+        the stream before that end is read, and counts as a cut: the client cannot tell.)"""
         return self.short.cut
 
     @property
@@ -79,9 +98,60 @@ class CarResult:
         return self.short.tokens + (self.long.tokens if self.long else 0)
 
 
-def _answer(m: _Monitored) -> Answer:
-    ppl = m.ppl
-    return Answer(m.text(0), m.tokens, ppl if math.isfinite(ppl) else None, m.stopped is not None)
+def _usage_tokens(chunk: Any) -> int | None:
+    """``usage.completion_tokens`` of a chunk (SDK object or dict), when it carries one."""
+    usage = chunk.get("usage") if isinstance(chunk, dict) else getattr(chunk, "usage", None)
+    count = usage.get("completion_tokens") if isinstance(usage, dict) else getattr(usage, "completion_tokens", None)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _chunk_text(chunk: Any) -> str:
+    """Choice 0's text in a chat or completions chunk (SDK object or dict), read without
+    logprobs: what the monitor does not keep for an answer that has none."""
+    choices = _get(chunk, "choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if _get(choice, "index") in (0, None):
+            delta = _get(choice, "delta")
+            text = _get(delta, "content") if delta is not None else _get(choice, "text")
+            return text if isinstance(text, str) else ""
+    return ""
+
+
+class _Reading:
+    """What the routers read beside the monitor: the usage chunk, and the text of an answer
+    streamed without logprobs."""
+
+    def __init__(self) -> None:
+        self.usage: int | None = None
+        self.pieces: list[str] = []
+
+    def read(self, chunk: Any) -> None:
+        if self.usage is None:
+            self.usage = _usage_tokens(chunk)
+        text = _chunk_text(chunk)
+        if text:
+            self.pieces.append(text)
+
+    def answer(self, m: _Monitored, request: dict[str, Any]) -> Answer:
+        """The answer as read, and whether its stream was cut: stopped, its end not read (the
+        monitored state's ``complete``), and fewer tokens than the request's ``max_tokens``."""
+        ppl = m.ppl
+        stopped = m.stopped is not None
+        limit = request.get("max_tokens")
+        complete = bool(getattr(m.state, "complete", False))
+        cut = stopped and not complete and not (isinstance(limit, int) and m.tokens >= limit)
+        text = m.text(0)
+        if m.tokens:
+            tokens, source = m.tokens, "logprobs"
+        else:
+            text = text or "".join(self.pieces)
+            tokens, source = (self.usage, "usage") if self.usage is not None else (len(self.pieces), "text chunks")
+        return Answer(text, tokens, ppl if math.isfinite(ppl) else None, cut, stopped,
+                      source)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -93,16 +163,26 @@ class CarPlan:
         endpoint: ``"chat"`` (default: the system messages below frame the question) or
             ``"completions"``, for base models, with ``short_prompt`` and ``long_prompt``
             as templates where ``{question}`` is the user's last message.
-        calibration: CAR's Gaussians (:meth:`CarCalibration.fit`); its Bayes rule decides.
+        calibration: CAR's Gaussians (:meth:`CarCalibration.fit`), fitted on final perplexities;
+            its rule (the paper's Bayes rule, or one-sided: ``rule="upper"``) decides on the
+            whole short answer.
         threshold: or a plain perplexity above which to escalate.
-        early: cut the short answer as soon as its running perplexity crosses the rule
-            after ``warmup`` tokens (default True).
+        early: cut the short answer as soon as its running perplexity crosses the early rule
+            at or after ``warmup`` tokens (default True).
+        early_calibration: the calibration of the early rule, fitted on running perplexities
+            at ``warmup`` tokens (default: ``calibration``, or ``threshold``: final perplexities,
+            compared with running ones).
         warmup: tokens before an early escalation may happen (default 8).
         short_system, long_system: the system messages (defaults :data:`SHORT_SYSTEM`, :data:`LONG_SYSTEM`).
         short_max_tokens, long_max_tokens: defaults 64 and 1024.
         long_model: the long request's model (default: ``model``).
         short_params, long_params: more request parameters (temperature, extra_body, ...).
         top_logprobs: alternatives per token of the short answer (default 5).
+        long_logprobs: ask for logprobs in the long request too (default False: the long
+            answer is not judged, and its tokens are counted from the usage chunk).
+
+    A short answer stopped by the early rule on its last token is whole, not cut: the final
+    rule (``calibration`` or ``threshold``) decides on it.
     """
 
     model: str
@@ -121,17 +201,36 @@ class CarPlan:
     short_params: dict[str, Any] = field(default_factory=dict)
     long_params: dict[str, Any] = field(default_factory=dict)
     top_logprobs: int = 5
+    early_calibration: CarCalibration | None = None
+    long_logprobs: bool = False
 
     def __post_init__(self) -> None:
         if (self.calibration is None) == (self.threshold is None):
             raise ValueError("CarPlan needs one rule: calibration=CarCalibration.fit(...) or threshold=<perplexity>")
+        for name in ("calibration", "early_calibration"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, CarCalibration):
+                raise TypeError(f"{name} must be a CarCalibration, got {type(value).__name__}")
 
     def escalate(self, ppl: float) -> bool:
-        """The rule: CAR's Bayes decision with a calibration, else ``ppl > threshold``."""
+        """The final rule: the calibration's (Bayes, or one-sided), else ``ppl > threshold``."""
         if self.calibration is not None:
             return self.calibration.escalate(ppl)
         assert self.threshold is not None
         return not ppl <= self.threshold  # NaN (no logprobs) escalates
+
+    def escalate_early(self, ppl: float) -> bool:
+        """The early rule, on a running perplexity: ``early_calibration``'s, else the final rule."""
+        if self.early_calibration is not None:
+            return self.early_calibration.escalate(ppl)
+        return self.escalate(ppl)
+
+    def _rule_name(self, early: bool = False) -> str:
+        cal = self.early_calibration if early and self.early_calibration is not None else self.calibration
+        if cal is None:
+            return f"threshold {self.threshold:g}"
+        name = "CAR's Bayes rule" if cal.rule == "bayes" else "CAR's one-sided rule"
+        return f"{name} on running perplexities" if cal is self.early_calibration and early else name
 
     def p_correct(self, ppl: float | None) -> float | None:
         if self.calibration is None or ppl is None:
@@ -148,7 +247,7 @@ class CarPlan:
         triggers = []
         if self.early:
             def crossed(s: ChoiceStats) -> bool:
-                return s.tokens >= self.warmup and self.escalate(s.ppl)
+                return s.tokens >= self.warmup and self.escalate_early(s.ppl)
 
             triggers.append(Trigger(crossed, stop=True, name="car early escalation"))
         return dict(self.short_params, **self._framed(self.short_system, self.short_prompt, messages),
@@ -156,16 +255,22 @@ class CarPlan:
                     triggers=triggers, text_limit=None)
 
     def long_request(self, messages: Messages) -> dict[str, Any]:
-        return dict(self.long_params, **self._framed(self.long_system, self.long_prompt, messages),
-                    model=self.long_model or self.model, max_tokens=self.long_max_tokens,
-                    text_limit=None, on_missing_logprobs="ignore")  # the long answer is not judged by its logprobs
+        request = dict(self.long_params, **self._framed(self.long_system, self.long_prompt, messages),
+                       model=self.long_model or self.model, max_tokens=self.long_max_tokens,
+                       text_limit=None, on_missing_logprobs="ignore")  # the long answer is not judged by its logprobs
+        if not self.long_logprobs:
+            # Left out of the request altogether (the SDK's NOT_GIVEN), unless long_params set them:
+            # the tokens are then counted from the usage chunk that stream() asks for.
+            for key in ("logprobs", "top_logprobs") if self.endpoint == "chat" else ("logprobs",):
+                request.setdefault(key, NOT_GIVEN)
+        return request
 
     def decide(self, short: Answer) -> tuple[bool, str]:
         """Whether to escalate after the short answer, and why."""
         ppl = math.nan if short.ppl is None else short.ppl
-        rule = "CAR's Bayes rule" if self.calibration is not None else f"threshold {self.threshold:g}"
+        rule = self._rule_name()
         if short.cut:
-            return True, f"cut at token {short.tokens}: running perplexity {ppl:.3g} crossed {rule}"
+            return True, f"cut at token {short.tokens}: running perplexity {ppl:.3g} crossed {self._rule_name(True)}"
         if short.ppl is None:
             return True, "the short answer carried no logprobs"
         if self.escalate(ppl):
@@ -217,13 +322,19 @@ class CarRouter(_Router):
         steps = self._steps(question)
         request = next(steps)
         while True:
-            with stream(self.client, **request) as s:
-                for _ in s:
-                    pass
             try:
-                request = steps.send(_answer(s))
+                request = steps.send(self.answer(request))
             except StopIteration as done:
                 return done.value
+
+    def answer(self, request: dict[str, Any]) -> Answer:
+        """Stream one of the plan's requests (``plan.short_request(...)``, ``plan.long_request(...)``)
+        and read its answer."""
+        reading = _Reading()
+        with stream(self.client, **request) as s:
+            for chunk in s:
+                reading.read(chunk)
+        return reading.answer(s, request)
 
 
 class AsyncCarRouter(_Router):
@@ -234,11 +345,17 @@ class AsyncCarRouter(_Router):
         steps = self._steps(question)
         request = next(steps)
         while True:
-            s = await astream(self.client, **request)
-            async with s:
-                async for _ in s:
-                    pass
+            answer = await self.answer(request)
             try:
-                request = steps.send(_answer(s))
+                request = steps.send(answer)
             except StopIteration as done:
                 return done.value
+
+    async def answer(self, request: dict[str, Any]) -> Answer:
+        """:meth:`CarRouter.answer`, awaited."""
+        reading = _Reading()
+        s = await astream(self.client, **request)
+        async with s:
+            async for chunk in s:
+                reading.read(chunk)
+        return reading.answer(s, request)
