@@ -16,19 +16,27 @@ trigger.
 It is a :class:`~livepplx.state.Listener`: nothing happens per token, and nothing is
 recorded unless you pass one. It never raises into the stream: a failure of the
 telemetry is logged once and the stream goes on.
+
+The span is started only when there is something to write into it (a trigger, a stop,
+the end), with the time the stream was opened as its start and the context current then
+as its parent: a monitor made and dropped without being read leaves no span behind, and
+the recorder holds nothing for it (it knows its streams through weak references).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from .state import Listener, Stop, StreamState
 from .triggers import Trigger, TriggerEvent
 
 try:
-    from opentelemetry import metrics, trace
+    from opentelemetry import context, metrics, trace
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("livepplx.otel needs OpenTelemetry: pip install 'livepplx[otel]'") from e
 
@@ -44,6 +52,16 @@ _STATS = ("tokens", "ppl", "mean_logprob", "min_logprob", "min_prob", "max_surpr
 _REQUEST = {"model": "gen_ai.request.model", "max_tokens": "gen_ai.request.max_tokens",
             "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
             "top_logprobs": "gen_ai.request.top_logprobs", "seed": "gen_ai.request.seed"}
+
+
+@dataclass
+class _Generation:
+    """What the recorder keeps of one stream until its span is needed."""
+
+    start_time: int  # ns since the epoch, when the stream was opened
+    parent: Any  # the OpenTelemetry context current then
+    span: Any = None  # started lazily (mode "new"), or the current span (mode "current")
+    ours: bool = False
 
 
 def _attribute(value: Any) -> Any:
@@ -83,7 +101,8 @@ class OtelRecorder(Listener):
             "livepplx.escalations", unit="{escalation}", description="Triggers that escalated to a follow-up request")
         self.mode = span
         self.model = model
-        self._spans: dict[int, tuple[Any, bool]] = {}  # id(state) -> (span, started by us)
+        # Weak keys: a stream dropped unread takes its entry with it (nothing was started for it).
+        self._generations: weakref.WeakKeyDictionary[StreamState, _Generation] = weakref.WeakKeyDictionary()
         self._warned = False
 
     # -- the listener ------------------------------------------------------------------------
@@ -117,10 +136,25 @@ class OtelRecorder(Listener):
         return labels
 
     def _start(self, state: StreamState) -> None:
-        if self.mode == "current":
-            span, ours = trace.get_current_span(), False
-        else:
-            span, ours = self.tracer.start_span("livepplx.generation"), True
+        # Only the moment and the context: the span itself waits for something to record.
+        self._generations[state] = _Generation(time.time_ns(), context.get_current())
+
+    def _generation(self, state: StreamState) -> _Generation:
+        """The stream's generation, its span started now if it was not yet."""
+        generation = self._generations.get(state)
+        if generation is None:  # told of a stream it did not see start
+            generation = self._generations[state] = _Generation(time.time_ns(), context.get_current())
+        if generation.span is None:
+            if self.mode == "current":
+                generation.span = trace.get_current_span(generation.parent)
+            else:
+                generation.span = self.tracer.start_span("livepplx.generation", context=generation.parent,
+                                                         start_time=generation.start_time)
+                generation.ours = True
+            self._describe(generation.span, state)
+        return generation
+
+    def _describe(self, span: Any, state: StreamState) -> None:
         operation = "text_completion" if "prompt" in state.request else "chat"
         span.set_attribute("gen_ai.operation.name", operation)
         for key, name in _REQUEST.items():
@@ -129,10 +163,9 @@ class OtelRecorder(Listener):
                 span.set_attribute(name, value)
         if self.model and "model" not in state.request:
             span.set_attribute("gen_ai.request.model", self.model)
-        self._spans[id(state)] = (span, ours)
 
     def _span(self, state: StreamState) -> Any:
-        return self._spans.get(id(state), (trace.INVALID_SPAN, False))[0]
+        return self._generation(state).span
 
     def _trigger(self, state: StreamState, event: TriggerEvent, trigger: Trigger) -> None:
         attributes = {"livepplx.trigger": event.trigger, "livepplx.choice": event.choice,
@@ -152,13 +185,15 @@ class OtelRecorder(Listener):
         self.stops.add(1, self._labels(state, stop.reason))
 
     def _end(self, state: StreamState) -> None:
-        span, ours = self._spans.pop(id(state), (trace.INVALID_SPAN, False))
-        summary = state.summary()
-        first = summary["choices"][0] if summary["choices"] else {}
-        attributes: dict[str, Any] = {"livepplx.format": summary["format"] or "unknown",
-                                      "livepplx.choices": len(summary["choices"])}
+        generation = self._generation(state)
+        del self._generations[state]
+        span, ours = generation.span, generation.ours
+        # The numbers from the statistics themselves: the summary writes inf as the string "inf".
+        first = state.choices[min(state.choices)] if state.choices else None
+        attributes: dict[str, Any] = {"livepplx.format": state.format or "unknown",
+                                      "livepplx.choices": len(state.choices)}
         for name in _STATS:
-            value = _attribute(first.get(name))
+            value = _attribute(getattr(first, name, None))
             if value is not None:
                 attributes[f"livepplx.{name}"] = value
         if state.stopped is not None:
@@ -172,7 +207,7 @@ class OtelRecorder(Listener):
         if ours:
             span.end()
         labels = self._labels(state)
-        ppl = _attribute(first.get("ppl"))
+        ppl = _attribute(getattr(first, "ppl", None))
         if ppl is not None:
             self.ppl_histogram.record(ppl, labels)
         max_tokens = state.request.get("max_tokens") or state.request.get("max_completion_tokens")

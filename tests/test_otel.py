@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+import weakref
 from typing import Any
 
 import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="pip install -e '.[otel]' for the telemetry tests")
 
-from opentelemetry import trace  # noqa: E402
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 import livepplx  # noqa: E402
-from conftest import CountingBody, openai_clients, sse_response, token_event  # noqa: E402
-from livepplx import Trigger, min_tokens, monitor, ppl_above, prob_below  # noqa: E402
+from conftest import CountingBody, openai_clients, sse, sse_response, token_event  # noqa: E402
+from livepplx import Trigger, min_tokens, monitor, prob_below  # noqa: E402
 from livepplx.otel import OtelRecorder  # noqa: E402
 from livepplx.recordings import recording_path  # noqa: E402
 
@@ -117,9 +123,96 @@ def test_telemetry_never_raises_into_the_stream(otel: Any, caplog: pytest.LogCap
     assert m.stopped is not None and "OpenTelemetry recording failed" in caplog.text
 
 
-def test_no_listener_no_telemetry() -> None:
-    before = trace.get_tracer_provider()
-    with monitor(open(recording_path("llamacpp-python-chat"), "rb"), triggers=[Trigger(ppl_above(5))]) as m:
+def test_no_listener_no_telemetry_even_with_a_global_provider() -> None:
+    # In a fresh interpreter: the global tracer provider can be set once per process.
+    code = textwrap.dedent("""
+        import sys
+        import livepplx
+        from livepplx.recordings import recording_path
+        print("opentelemetry imported:", "opentelemetry" in sys.modules)
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        trace.set_tracer_provider(provider)
+
+        def read(**options):
+            with livepplx.monitor(open(recording_path("llamacpp-python-chat"), "rb"), stop_above=5.0, **options) as m:
+                for _ in m:
+                    pass
+
+        read()
+        print("spans without a recorder:", len(spans.get_finished_spans()))
+        from livepplx.otel import OtelRecorder
+        read(listeners=[OtelRecorder()])  # no providers given: the global ones
+        print("spans with one:", [s.name for s in spans.get_finished_spans()])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["opentelemetry imported: False", "spans without a recorder: 0",
+                                          "spans with one: ['livepplx.generation']"], result.stderr
+
+
+class CountingSpans(SpanProcessor):
+    def __init__(self) -> None:
+        self.started = 0
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.started += 1
+
+
+def test_a_monitor_never_read_starts_no_span_and_is_not_held(otel: Any) -> None:
+    recorder, spans, _, providers = otel
+    counting = CountingSpans()
+    providers["tracer_provider"].add_span_processor(counting)
+    m = monitor(iter([token_event("a", -1.0)]), listeners=[recorder])
+    state = weakref.ref(m.state)
+    del m
+    gc.collect()
+    assert state() is None  # the recorder does not keep the stream alive
+    for _ in range(200):  # warm-up: first-use allocations out of the measure
+        monitor(iter([]), listeners=[recorder])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(2000):
+            monitor(iter([]), listeners=[recorder])
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert counting.started == 0 and spans.get_finished_spans() == ()
+    assert grown < 100_000, grown  # a span held per monitor was 2.7 kB: 5.4 MB for these
+
+
+def test_a_span_started_late_keeps_the_streams_start_time_and_parent(otel: Any) -> None:
+    recorder, spans, _, providers = otel
+    tracer = providers["tracer_provider"].get_tracer("app")
+    with tracer.start_as_current_span("agent step") as step:
+        opened = time.time_ns()
+        m = monitor(open(recording_path("llamacpp-server-chat"), "rb"), listeners=[recorder])
+    time.sleep(0.05)
+    with m:  # read outside the step's context, 50 ms later
         for _ in m:
             pass
-    assert m.state.listeners == [] and trace.get_tracer_provider() is before
+    (generation,) = [s for s in spans.get_finished_spans() if s.name == "livepplx.generation"]
+    assert opened <= generation.start_time <= opened + 20_000_000  # when it was opened, not when first written
+    assert generation.end_time - generation.start_time >= 50_000_000
+    assert generation.parent is not None and generation.parent.span_id == step.get_span_context().span_id
+
+
+def test_an_infinite_perplexity_is_left_out_not_written_as_a_string(otel: Any, caplog: pytest.LogCaptureFixture) -> None:
+    recorder, spans, reader, _ = otel
+    body = sse({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop",
+                             "logprobs": {"content": [{"token": "a", "logprob": -1000.0}]}}]})
+    with caplog.at_level(logging.WARNING, logger="livepplx.otel"):
+        with monitor(iter([body]), listeners=[recorder]) as m:
+            for _ in m:
+                pass
+    assert m.ppl == float("inf") and "OpenTelemetry recording failed" not in caplog.text
+    (span,) = spans.get_finished_spans()
+    assert "livepplx.ppl" not in span.attributes and span.attributes["livepplx.mean_logprob"] == -1000.0
+    assert span.attributes["livepplx.tokens"] == 1 and "livepplx.generation.ppl" not in metric_points(reader)
