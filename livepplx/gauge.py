@@ -25,6 +25,7 @@ from rich.text import Text
 from .monitor import MonitoredStream, monitor
 from .state import StreamState
 from .stats import ChoiceStats
+from .textsafe import safe_line, safe_text
 from .tokens import Token
 from .triggers import AllOf, AnyOf, Condition, Trigger, ppl_above, sustained
 
@@ -136,7 +137,7 @@ class Gauge:
         self._history_size = history
         self._histories: dict[int, _History] = {}
         self._lock = threading.Lock()  # Live redraws on its own thread
-        state.observers.append(self._observe)
+        state.on_token(self._observe)
 
     def _observe(self, token: Token, stats: ChoiceStats) -> None:
         now = self.clock()
@@ -216,25 +217,27 @@ class Gauge:
         lines += self._trigger_lines(stats.index)
         if self.show_text and recent:
             lines.append(self._coloured_text(recent, inner * 2))
-        title = f"choice {stats.index}" + (f" · {self.title}" if self.title else "")
+        # A Text, not a str: Rich would read markup in a model's or a file's name.
+        title = Text(f"choice {stats.index}" + (f" · {safe_line(self.title)}" if self.title else ""))
         return Panel(Group(*lines), title=title, title_align="left", border_style=colour, width=width)
 
     def _trigger_lines(self, choice: int) -> list[Text]:
         out = []
         stop = self.state.stopped
         if stop is not None and stop.choice == choice:
-            out.append(Text(f"■ stopped at token {stop.at_token}: {stop.reason}", style="bold red"))
+            out.append(Text(f"■ stopped at token {stop.at_token}: {safe_line(stop.reason)}", style="bold red"))
         events = [e for e in list(self.state.events) if e.choice == choice
                   and not (stop is not None and e.trigger == stop.reason and e.at_token == stop.at_token)]
         for event in events[-2:]:
-            out.append(Text(f"⚡ {event.trigger} at token {event.at_token}", style="magenta"))
-        if self.state.error:
-            out.append(Text(f"✖ {self.state.error}", style="bold red"))
+            out.append(Text(f"⚡ {safe_line(event.trigger)} at token {event.at_token}", style="magenta"))
+        if self.state.error:  # a server's message: shown as data, on one line
+            out.append(Text(f"✖ {safe_line(self.state.error, 500)}", style="bold red"))
         return out
 
     @staticmethod
     def _coloured_text(recent: list[tuple[str, float]], limit: int) -> Text:
-        """The last ``limit`` characters of the answer, each token coloured by its surprisal."""
+        """The last ``limit`` characters of the answer, each token coloured by its surprisal
+        (controls shown as data: :func:`~livepplx.textsafe.safe_text`)."""
         kept: list[tuple[str, float]] = []
         size = 0
         for piece, lp in reversed(recent):
@@ -248,10 +251,10 @@ class Gauge:
         for piece, lp in reversed(kept):
             style = "green" if lp > -1.0 else "yellow" if lp > -3.0 else "bold red"
             if style != run_style and run:
-                text.append(run, style=run_style)
+                text.append(safe_text(run), style=run_style)
                 run = ""
             run, run_style = run + piece, style
-        text.append(run, style=run_style)
+        text.append(safe_text(run), style=run_style)
         return text
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:

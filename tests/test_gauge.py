@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 
 import pytest
 from rich.console import Console
@@ -49,7 +50,8 @@ def test_bar_marks_the_trigger_levels_and_colours_by_threshold() -> None:
     calm = fed_gauge("llamacpp-server-chat", stop_above=50.0)  # ppl 1.29: green, one level mark
     console = Console(record=True, width=80, file=io.StringIO(), color_system="truecolor")
     console.print(calm)
-    assert console.export_text(clear=False).count("┃") >= 1
+    (bar,) = [line.split("ppl    ", 1)[1] for line in console.export_text(clear=False).splitlines() if "ppl    " in line]
+    assert bar.count("┃") == 1 and bar.strip("│ ").startswith("█")  # one level marked (50), 1.29 lit at the left
     assert "#008000" in console.export_html(inline_styles=True)  # green
 
 
@@ -79,5 +81,10 @@ def test_watch_on_a_terminal_redraws_with_live() -> None:
     out = io.StringIO()
     console = Console(file=out, width=80, force_terminal=True)
     m = watch(iter(open(recording_path("llamacpp-server-chat"), "rb")), console=console)
-    assert m.tokens == replay(recording_path("llamacpp-server-chat").read_bytes()).tokens
-    assert "\x1b[" in out.getvalue()  # drawn with terminal control codes
+    assert m.tokens == replay(recording_path("llamacpp-server-chat").read_bytes()).tokens == 30
+    output = out.getvalue()
+    # Live draws when it starts (nothing read yet) and draws again over it, the cursor taken
+    # back up and the lines erased; a single print at the end would show one frame only.
+    frames = re.findall(r"tokens (\d+)", output)
+    assert frames[0] == "0" and frames[-1] == "30", frames
+    assert "\x1b[1A" in output and "\x1b[2K" in output
