@@ -1,32 +1,57 @@
 """The ``livepplx`` command line: ``chat``, ``replay``, ``demo``, ``calibrate``.
 
-Exit codes: 0 done, 1 the stream or the request failed (one clear line on stderr),
-2 usage errors, 130 interrupted (the summary of what was read is still printed).
+Exit codes: 0 done; 1 the stream or the request failed (one clear line on stderr, and
+the statistics read so far still printed); 2 usage errors (an option out of its range
+too); 130 interrupted (the summary of what was read is still printed); 141 stdout was
+closed before everything was written (``livepplx replay x.sse --json | head -c 1``: what a
+shell reports for ``cat`` cut short by SIGPIPE; nothing is said on stderr).
+
+Text from the model or the server (the answer, an error message, a model's name) reaches
+the terminal by :mod:`livepplx.textsafe`'s rule: control characters and escape sequences
+as visible data, never as commands; Rich markup shown as typed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
+import stat
 import sys
+import tempfile
 import time
-from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
 from .errors import LivepplxError
 from .recordings import RECORDINGS, recording_path
 from .state import StreamState
+from .textsafe import safe_line, safe_text
 
 __all__ = ["main"]
 
 _READ_SIZE = 1 << 16
 #: Tokens per second of `livepplx demo`: about what a small local model streams.
 DEMO_PACE = 40.0
+#: ``--timeout``'s default: the longest a server may stay silent, before its first byte or
+#: between two. The SDK's 600 s suits a whole answer sent at once; a stream that said nothing
+#: for a minute has stalled (a long prompt on a slow local server: raise it).
+DEFAULT_TIMEOUT = 60.0
+#: The connect timeout is ``--timeout``, at most this: a reachable server accepts in
+#: milliseconds, a TLS handshake through a proxy in a few seconds.
+MAX_CONNECT_TIMEOUT = 10.0
+#: The exit code when stdout's reader went away (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
 
 
 class _Fail(Exception):
-    """An error to report as one line and exit 1."""
+    """An error to report as one line and exit 1; ``after``: lines to say after it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.after: list[str] = []
 
 
 # -- sources of raw stream bytes ------------------------------------------------------------
@@ -58,6 +83,94 @@ def _create(path: str) -> IO[bytes]:
         raise _Fail(f"cannot write {path}: {e.strerror or e}") from None
 
 
+class _Recording:
+    """``--record FILE``: the raw bytes go to a temporary file beside FILE, renamed into
+    place only when the answer was read to its end; otherwise the temporary file is
+    removed and FILE, if there was one, is left as it was. Never a truncated recording."""
+
+    def __init__(self, path: str, end: bytes = b"") -> None:
+        self.path = path
+        self.end = end  # written before the rename (the [DONE] of a stream made up here)
+        folder = os.path.dirname(os.path.abspath(path))
+        # What open(path, "wb") would refuse is refused now, not after the request.
+        if os.path.isdir(path) or (os.path.lexists(path) and not os.access(path, os.W_OK)):
+            raise _Fail(f"cannot write {path}: {'Is a directory' if os.path.isdir(path) else 'Permission denied'}")
+        try:
+            fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+        except OSError as e:
+            raise _Fail(f"cannot write {path}: {e.strerror or e}") from None
+        self.file = os.fdopen(fd, "wb")
+        self.settled = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as e:
+            raise _Fail(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def keep(self) -> None:
+        """Rename the recording into place; say so when it replaces a file."""
+        self.settled = True
+        replaced = os.path.lexists(self.path)
+        try:
+            self.file.write(self.end)
+            self.file.close()
+            os.chmod(self.temp, _new_file_mode(self.path))  # mkstemp's 0600, made what open() would give
+            os.replace(self.temp, self.path)
+        except OSError as e:
+            self._remove()
+            raise _Fail(f"cannot write {self.path}: {e.strerror or e}") from None
+        if replaced:
+            _say(f"replaced {self.path} with the new recording")
+
+    def drop(self, why: str) -> str:
+        """Remove the temporary file; return the line that says so."""
+        self.settled = True
+        self._remove()
+        kept = "is unchanged" if os.path.lexists(self.path) else "was not created"
+        return f"the recording was not saved ({why}): {self.path} {kept}"
+
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.temp)
+
+
+def _new_file_mode(path: str) -> int:
+    """The mode ``open(path, "w")`` would leave: the old file's, or 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def _recorded(path: str | None, run: _Run, end: bytes = b"") -> Iterator[_Recording | None]:
+    """The recording of one run, settled when the block ends: kept if the run read the
+    answer to its end, else removed with one line on stderr."""
+    if path is None:
+        yield None
+        return
+    recording = _Recording(path, end)
+    try:
+        yield recording
+    except _Fail as e:
+        if not recording.settled:  # said after the error line
+            e.after.append(recording.drop("the request failed"))
+        raise
+    finally:
+        # Also when stdout broke after the answer was read: the recording does not need stdout.
+        if not recording.settled:
+            unfinished = run.unfinished()
+            if unfinished is None:
+                recording.keep()
+            else:
+                _say(recording.drop(unfinished))
+
+
 def _paced(chunks: Iterable[bytes], state: StreamState, tokens_per_second: float) -> Iterator[bytes]:
     """Let chunks through no faster than `tokens_per_second` (what the state has counted)."""
     start = time.monotonic()
@@ -73,13 +186,26 @@ def _paced(chunks: Iterable[bytes], state: StreamState, tokens_per_second: float
 
 
 def _one_line(message: str, limit: int = 500) -> str:
-    """A server's message on one line (some send tracebacks), cut to a readable length."""
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A server's message on one line (some send tracebacks), cut to a readable length,
+    its control characters shown as data (:func:`~livepplx.textsafe.safe_line`)."""
+    return safe_line(message, limit)
 
 
-def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+def _say(message: str) -> None:
+    """One line on stderr, ``livepplx: <message>``, made safe for the terminal."""
+    if sys.stderr is None:
+        return
+    try:
+        print(f"livepplx: {_one_line(message)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # no stderr left to say it on
+
+
+def _fmt(x: float | str | None, spec: str = ".3f") -> str:
+    """A statistic of the summary: ``-`` when undefined, ``inf`` as the summary says it."""
+    if isinstance(x, str):
+        return safe_line(x)  # "inf" / "-inf": stats.json_number
+    return "-" if x is None or not math.isfinite(x) else format(x, spec)
 
 
 def _summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -92,8 +218,32 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
         )
     stopped = summary.get("stopped")
     if stopped:
-        lines.append(f"stopped: choice {stopped['choice']} at token {stopped['at_token']}: {stopped['reason']}")
+        lines.append(f"stopped: choice {stopped['choice']} at token {stopped['at_token']}: "
+                     f"{safe_line(stopped['reason'])}")
     return lines
+
+
+def _loaded(*names: tuple[str, str]) -> tuple[type[BaseException], ...]:
+    """The exception classes ``module.attr`` of the modules already imported (one not
+    imported cannot have raised)."""
+    found: list[type[BaseException]] = []
+    for module_name, attr in names:
+        error = getattr(sys.modules.get(module_name), attr, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """A connection that broke or stalled: the openai SDK's errors, and the base classes of
+    httpx and httpx2 (openai >= 3 reads with httpx2; ``response.iter_bytes()`` is not wrapped
+    by the SDK)."""
+    return _loaded(("openai", "APIConnectionError"), ("httpx", "RequestError"), ("httpx2", "RequestError"),
+                   ("ssl", "SSLError"))
+
+
+def _timeout_errors() -> tuple[type[BaseException], ...]:
+    return _loaded(("openai", "APITimeoutError"), ("httpx", "TimeoutException"), ("httpx2", "TimeoutException"))
 
 
 def _outcome(state: StreamState) -> tuple[dict[str, Any], str | None]:
@@ -118,6 +268,8 @@ class _Run:
         self.state = state
         self.title = title
         self.interrupted = False
+        #: the stream was read to its end: no stop, no error, not interrupted
+        self.complete = False
 
     def read(self, chunks: Iterable[Any], on_chunk: Callable[[Any], object] | None = None) -> None:
         from .monitor import MonitoredStream
@@ -129,11 +281,34 @@ class _Run:
                     self._drain(m, on_chunk)
                 else:
                     self._show(m, on_chunk)
+            self.complete = self.state.error is None and self.state.stopped is None
         except KeyboardInterrupt:
             self.interrupted = True
             self.state.stop("interrupted")
         except LivepplxError:
             pass  # the state recorded it; the statistics read so far are reported
+        except _transport_errors() as e:
+            # The connection broke or stalled mid-answer: what was read is reported, exit 1.
+            self.state.error = self._broken(e)
+
+    def _broken(self, error: BaseException) -> str:
+        n = self.state.total_tokens
+        after = f"after {n} token{'' if n == 1 else 's'}"
+        timeout = getattr(self.args, "timeout", None)
+        if timeout and isinstance(error, _timeout_errors()):
+            return f"the server sent nothing for {timeout:g} s {after} (raise --timeout to wait longer)"
+        cause = error.__cause__ if error.__cause__ is not None else error  # the SDK's "Connection error."
+        return f"the connection broke {after}: {str(cause) or type(cause).__name__}"
+
+    def unfinished(self) -> str | None:
+        """Why the answer was not read to its end, or None."""
+        if self.complete:
+            return None
+        if self.interrupted:
+            return "interrupted"
+        if self.state.stopped is not None:
+            return f"the stream was stopped at token {self.state.stopped.at_token}, before its end"
+        return "the stream failed" if self.state.error is not None else "the stream was not read to its end"
 
     @staticmethod
     def _drain(m: Iterable[Any], on_chunk: Callable[[Any], object] | None) -> None:
@@ -163,25 +338,28 @@ class _Run:
                     on_chunk(chunk)
                 if self.args.command == "chat":
                     text = self.state.text(0)  # kept whole for chat (text_limit=None)
-                    sys.stdout.write(text[shown:])
+                    sys.stdout.write(safe_text(text[shown:]))  # the model's text, never escape codes
                     sys.stdout.flush()
                     shown = len(text)
 
-            self._drain(m, echo)
-            if shown:
-                print()
+            try:
+                self._drain(m, echo)
+            finally:
+                if shown:
+                    print()  # the summary starts on a line of its own, also after a failure
 
     def report(self) -> int:
         summary, failure = _outcome(self.state)
         if self.args.json:
-            print(json.dumps(summary))
+            # Strict JSON: a NaN or an infinity left in the summary fails here, loudly.
+            print(json.dumps(summary, allow_nan=False))
         elif not sys.stdout.isatty():
             print("\n".join(_summary_lines(summary)))
         if self.interrupted:
-            print("livepplx: interrupted", file=sys.stderr)
+            _say("interrupted")
             return 130
         if failure is not None:
-            print(f"livepplx: error: {_one_line(failure)}", file=sys.stderr)
+            _say(f"error: {failure}")
             return 1
         return 0
 
@@ -245,26 +423,30 @@ def _chat(args: argparse.Namespace) -> int:
             raise _Fail("no API key: pass --api-key or set OPENAI_API_KEY (or --base-url for a local server, "
                         "or --local for the embedded model)")
         api_key = "sk-no-key"  # local servers take any key
-    client = openai.OpenAI(api_key=api_key, base_url=args.base_url, max_retries=2)
+    # Connect and idle read: a stalled server fails after --timeout (the SDK's default is
+    # 600 s, and it retries twice). The retries stay, for a refused connection, 429 and 5xx;
+    # they apply before the answer starts, never mid-answer.
+    timeout = openai.Timeout(args.timeout, connect=min(args.timeout, MAX_CONNECT_TIMEOUT))
+    client = openai.OpenAI(api_key=api_key, base_url=args.base_url, max_retries=2, timeout=timeout)
     request: dict[str, Any] = {"model": args.model, "messages": _messages(args), "max_tokens": args.max_tokens}
     if args.temperature is not None:
         request["temperature"] = args.temperature
     request = build_request("chat", request, top_logprobs=args.top_logprobs, include_usage=True)
     state = _state(args)
     run = _Run(args, state, args.model)
-    record = _create(args.record) if args.record else None
-    try:
-        with client.chat.completions.with_streaming_response.create(**request) as response:
-            # The raw bytes: read by livepplx's own reader, and recordable as they came.
-            run.read(response.iter_bytes(), record.write if record else None)
-    except openai.APIStatusError as e:
-        raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
-    except openai.APIConnectionError:
-        raise _Fail(f"cannot reach {client.base_url}: is the server running?") from None
-    finally:
-        if record:
-            record.close()
-    return run.report()
+    with _recorded(args.record, run) as recording:
+        try:
+            with client.chat.completions.with_streaming_response.create(**request) as response:
+                # The raw bytes: read by livepplx's own reader, and recordable as they came.
+                run.read(response.iter_bytes(), recording.write if recording else None)
+        except openai.APIStatusError as e:
+            raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
+        except openai.APITimeoutError:
+            raise _Fail(f"no answer from {client.base_url} within {args.timeout:g} s, 3 tries "
+                        "(raise --timeout to wait longer)") from None
+        except openai.APIConnectionError:
+            raise _Fail(f"cannot reach {client.base_url}: is the server running?") from None
+        return run.report()
 
 
 def _chat_local(args: argparse.Namespace) -> int:
@@ -272,23 +454,20 @@ def _chat_local(args: argparse.Namespace) -> int:
 
     state = _state(args)
     run = _Run(args, state, "gemma-3-270m (local)")
-    record = _create(args.record) if args.record else None
+    # The chunks are dicts: recorded as the SSE a server would send, [DONE] only at the end.
+    with _recorded(args.record, run, end=b"data: [DONE]\n\n") as recording:
 
-    def save(chunk: Any) -> None:  # the chunks are dicts: recorded as the SSE a server would send
-        assert record is not None
-        record.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        def save(chunk: Any) -> None:
+            assert recording is not None
+            recording.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
-    try:
-        chunks = local_chat(_messages(args), max_tokens=args.max_tokens, temperature=args.temperature or 0.0,
-                            top_logprobs=args.top_logprobs)
-        run.read(chunks, save if record else None)
-    except LivepplxError as e:
-        raise _Fail(str(e)) from None
-    finally:
-        if record:
-            record.write(b"data: [DONE]\n\n")
-            record.close()
-    return run.report()
+        try:
+            chunks = local_chat(_messages(args), max_tokens=args.max_tokens, temperature=args.temperature or 0.0,
+                                top_logprobs=args.top_logprobs)
+            run.read(chunks, save if recording else None)
+        except LivepplxError as e:
+            raise _Fail(str(e)) from None
+        return run.report()
 
 
 def _labelled(path: str, score_key: str, label_key: str) -> tuple[list[float], list[bool]]:
@@ -420,31 +599,59 @@ def _api_message(error: Any) -> str:
 # -- parsing ------------------------------------------------------------------------------
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
-    """An argparse type: a positive int or float, with a message that says so."""
-    noun = "integer" if kind is int else "number"
+class _Parser(argparse.ArgumentParser):
+    """argparse, its error line made safe: it quotes what was typed (a pasted escape code)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {safe_line(message)}\n")
+
+
+def _number(kind: type, low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: an int, or a finite float, from ``low`` (or above it) to ``high``
+    (None: any finite value); outside, a usage error that says the range.
+
+    >>> _number(float, 0.1, 1_000_000)("nan")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a number from 0.1 to 1,000,000, got 'nan'
+    """
+    noun = "an integer" if kind is int else "a number" if high is not None else "a finite number"
+    shown = lambda x: f"{x:,}" if isinstance(x, int) else f"{x:g}"  # noqa: E731
+    expected = f"{noun} {'above' if above else 'from'} {shown(low)}" + (f" to {shown(high)}" if high is not None else "")
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text}")
+        except (ValueError, OverflowError):
+            value = math.nan
+        # NaN fails every comparison; inf fails the finite test.
+        if not ((value > low if above else value >= low) and (value <= high if high is not None else
+                                                               math.isfinite(value))):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int, _positive_float = _positive(int), _positive(float)
+#: The options' ranges. A window slot costs 8 bytes: a million is 8 MB. 20 alternatives is
+#: OpenAI's limit and vLLM's default. Below 0.1 token/s a replay would all but never end.
+MAX_WINDOW = MAX_TOKENS = 1_000_000
+MIN_SPEED, MAX_SPEED = 0.1, 1_000_000
+MAX_TOP_LOGPROBS = 20
+MAX_TIMEOUT = 86_400  # a day
+
+_positive_float = _number(float, 0, above=True)
+_speed = _number(float, MIN_SPEED, MAX_SPEED)
 
 
 def _monitor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with the statistics, no gauge")
-    p.add_argument("--window", type=_positive_int, default=64, help="tokens in the windowed perplexity (default 64)")
+    p.add_argument("--window", type=_number(int, 1, MAX_WINDOW), default=64,
+                   help=f"tokens in the windowed perplexity (default 64, at most {MAX_WINDOW:,})")
     p.add_argument("--stop-above", type=_positive_float, metavar="PPL",
                    help="stop once the running perplexity exceeds PPL (after --min-tokens)")
-    p.add_argument("--min-tokens", type=_positive_int, default=8, help="warm-up before --stop-above applies (default 8)")
+    p.add_argument("--min-tokens", type=_number(int, 1, MAX_TOKENS), default=8,
+                   help="warm-up before --stop-above applies (default 8)")
 
 
 def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
@@ -453,7 +660,7 @@ def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentPars
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="livepplx",
         description="Watch an LLM answer stream and tell, token by token, how perplexed the model is.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -474,9 +681,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="model name (default gpt-4o-mini, or LIVEPPLX_MODEL)")
     chat.add_argument("--api-key", help="API key (default: OPENAI_API_KEY; any key for a local server)")
     chat.add_argument("--system", help="a system message")
-    chat.add_argument("--max-tokens", type=_positive_int, default=256, help="default 256")
-    chat.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
-    chat.add_argument("--top-logprobs", type=int, default=5, help="alternatives per token (default 5)")
+    chat.add_argument("--max-tokens", type=_number(int, 1, MAX_TOKENS), default=256, help="default 256")
+    chat.add_argument("--temperature", type=_number(float, 0), help="sampling temperature (default: the server's)")
+    chat.add_argument("--top-logprobs", type=_number(int, 0, MAX_TOP_LOGPROBS), default=5,
+                      help=f"alternatives per token (default 5, at most {MAX_TOP_LOGPROBS})")
+    chat.add_argument("--timeout", type=_number(float, 0, MAX_TIMEOUT, above=True), default=DEFAULT_TIMEOUT,
+                      metavar="SECONDS",
+                      help=f"give up when the server sends nothing for SECONDS, before the answer or in it "
+                           f"(default {DEFAULT_TIMEOUT:g}; connecting: at most {MAX_CONNECT_TIMEOUT:g})")
     chat.add_argument("--record", metavar="FILE", help="save the raw stream to FILE, for `livepplx replay FILE`")
     chat.add_argument("--local", action="store_true",
                       help="run Gemma 3 270M in-process (pip install 'livepplx[local]'): no server, no key, "
@@ -488,15 +700,15 @@ def _parser() -> argparse.ArgumentParser:
                   "  livepplx replay answer.sse\n  livepplx replay answer.sse --json --stop-above 20\n"
                   "  livepplx replay answer.sse --speed 30\n  curl -N ... | livepplx replay -")
     replay.add_argument("path", metavar="PATH", help="the captured stream; - reads stdin")
-    replay.add_argument("--speed", type=_positive_float, metavar="TOKENS_PER_S",
-                        help="replay at this pace (default: as fast as it comes)")
+    replay.add_argument("--speed", type=_speed, metavar="TOKENS_PER_S",
+                        help=f"replay at this pace, {MIN_SPEED:g} to {MAX_SPEED:,} (default: as fast as it comes)")
     _monitor_options(replay)
     replay.set_defaults(run=_replay)
 
     demo = _sub(sub, "demo", "replay real recordings shipped in the package: no key, no network, no server",
                 "  livepplx demo\n  livepplx demo llamacpp-python-chat --stop-above 12\n  livepplx demo --speed 200")
     demo.add_argument("name", nargs="?", choices=list(RECORDINGS), help="one recording (default: all)")
-    demo.add_argument("--speed", type=_positive_float, default=DEMO_PACE, metavar="TOKENS_PER_S",
+    demo.add_argument("--speed", type=_speed, default=DEMO_PACE, metavar="TOKENS_PER_S",
                       help=f"tokens per second (default {DEMO_PACE:g}, a small local model's pace)")
     _monitor_options(demo)
     demo.set_defaults(run=_demo)
@@ -516,17 +728,68 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_output() -> Callable[[], None]:
+    """Let stdout and stderr write what their encoding cannot hold (a lone surrogate, an
+    ASCII locale) as backslash escapes instead of raising; a closed one (``>&-``) becomes
+    /dev/null. Return what undoes it (``main`` may run inside another program)."""
+    undo: list[Callable[[], None]] = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            devnull = open(os.devnull, "w")
+            setattr(sys, name, devnull)
+            undo += [functools.partial(setattr, sys, name, None), devnull.close]
+            continue
+        errors, reconfigure = getattr(stream, "errors", None), getattr(stream, "reconfigure", None)
+        if reconfigure is None or errors in (None, "backslashreplace"):
+            continue
+        try:
+            reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):
+            continue
+        undo.append(functools.partial(reconfigure, errors=errors))
+
+    def restore() -> None:
+        for step in reversed(undo):
+            with contextlib.suppress(OSError, ValueError):
+                step()
+
+    return restore
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader is gone: point it at /dev/null, so the interpreter's last flush
+    of what is still buffered is quiet (no "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (inside a test): nothing to flush at exit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = _parser().parse_args(argv)
+    restore = _tolerant_output()
     try:
-        return int(args.run(args))
-    except _Fail as e:
-        print(f"livepplx: error: {_one_line(str(e))}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("livepplx: interrupted", file=sys.stderr)
-        return 130
+        args = _parser().parse_args(argv)  # argparse itself ignores a closed stdout (--help: exit 0)
+        try:
+            code = int(args.run(args))
+        except _Fail as e:
+            _say(f"error: {e}")
+            for line in e.after:
+                _say(line)
+            code = 1
+        except KeyboardInterrupt:
+            _say("interrupted")
+            code = 130
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    finally:
+        restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import ppl_of, recorded_logprobs, sse
+from livepplx.cli import DEFAULT_TIMEOUT, _parser, main
 from livepplx.recordings import recording_path
+from livepplx.state import StreamState
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,3 +142,91 @@ def test_files_that_cannot_be_written_are_one_line(tmp_path: Path) -> None:
     result = run("calibrate", str(labelled), "--out", "/no/such/dir/car.json")
     assert result.returncode == 1 and result.stderr.startswith("livepplx: error: cannot write /no/such/dir/car.json")
     assert "Traceback" not in result.stderr
+
+
+# -- option ranges ------------------------------------------------------------------------------
+
+REPLAY = ["replay", "/no/such/file.sse"]  # the file is never opened: the options are judged first
+CHAT = ["chat", "hi", "--base-url", "http://127.0.0.1:9/v1"]
+
+
+@pytest.mark.parametrize("argv", [
+    [*REPLAY, "--speed", "1e-300"], [*REPLAY, "--speed", "0.05"], [*REPLAY, "--speed", "inf"],
+    [*REPLAY, "--speed", "nan"], [*REPLAY, "--speed", "2000000"],
+    [*REPLAY, "--window", "10000000000"], [*REPLAY, "--window", "1000001"], [*REPLAY, "--window", "1e10"],
+    [*REPLAY, "--stop-above", "nan"], [*REPLAY, "--stop-above", "inf"], [*REPLAY, "--stop-above", "-1"],
+    [*REPLAY, "--min-tokens", "10000000000"], [*REPLAY, "--min-tokens", "9" * 5000],
+    [*CHAT, "--top-logprobs", "-1"], [*CHAT, "--top-logprobs", "21"], [*CHAT, "--max-tokens", "10000000000"],
+    [*CHAT, "--temperature", "nan"], [*CHAT, "--temperature", "-0.5"], [*CHAT, "--temperature", "inf"],
+    [*CHAT, "--timeout", "0"], [*CHAT, "--timeout", "nan"], [*CHAT, "--timeout", "inf"], [*CHAT, "--timeout", "1e9"],
+], ids=lambda argv: " ".join(argv[-2:])[:40])
+def test_out_of_range_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and f"argument {argv[-2]}: must be " in err, err
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    args = _parser().parse_args([*REPLAY, "--speed", "0.1", "--window", "1000000", "--min-tokens", "1",
+                                 "--stop-above", "1e300"])
+    assert (args.speed, args.window, args.min_tokens, args.stop_above) == (0.1, 1_000_000, 1, 1e300)
+    args = _parser().parse_args([*CHAT, "--top-logprobs", "0", "--temperature", "0", "--timeout", "0.5"])
+    assert (args.top_logprobs, args.temperature, args.timeout) == (0, 0.0, 0.5)
+    assert _parser().parse_args([*CHAT, "--top-logprobs", "20"]).top_logprobs == 20
+    assert _parser().parse_args(CHAT).timeout == DEFAULT_TIMEOUT == 60.0
+
+
+# -- JSON is JSON, and an infinite perplexity is said as inf ----------------------------------------
+
+
+def strict_json(text: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_infinite_perplexity_is_inf_in_both_outputs(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    body = sse(_chunk("a", -1000.0))  # exp(1000) is past a double: the perplexity is inf
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+    assert main(["replay", "-", "--json"]) == 0
+    report = strict_json(capsys.readouterr().out)
+    assert report["ppl"] == "inf" and report["choices"][0]["mean_logprob"] == -1000.0
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+    assert main(["replay", "-"]) == 0
+    assert "choice 0: 1 tokens  ppl inf  window ppl inf  min p 0.0000" in capsys.readouterr().out
+
+
+def test_a_non_finite_value_in_the_summary_fails_loudly_not_as_bad_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = StreamState.summary
+    monkeypatch.setattr(StreamState, "summary", lambda self: {**summary(self), "ppl": math.nan})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        main(["replay", str(recording_path("llamacpp-server-chat")), "--json"])
+
+
+# -- a closed stdout -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["replay", str(recording_path("llamacpp-python-chat")), "--json"],
+    ["demo", "--speed", "1000000"],
+], ids=["json", "plain"])
+def test_a_closed_stdout_exits_quietly_with_141(argv: list[str]) -> None:
+    # The reader goes away before anything is written, as `| head -c 0` would: every write fails.
+    proc = subprocess.Popen([sys.executable, "-m", "livepplx.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141 and err == b""
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"]], ids=["plain", "json"])
+def test_a_closed_stdout_descriptor_is_written_to_nowhere(mode: list[str]) -> None:
+    # `livepplx replay x.sse >&-`: Python starts with sys.stdout None.
+    command = [sys.executable, "-m", "livepplx.cli", "replay", str(recording_path("llamacpp-python-chat")), *mode]
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                            preexec_fn=lambda: os.close(1))
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
