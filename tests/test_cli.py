@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ppl_of, recorded_logprobs, sse
 from livepplx.cli import DEFAULT_TIMEOUT, _parser, main
@@ -230,3 +235,56 @@ def test_a_closed_stdout_descriptor_is_written_to_nowhere(mode: list[str]) -> No
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
                             preexec_fn=lambda: os.close(1))
     assert result.returncode == 0 and result.stderr == b"", result.stderr
+
+
+# -- any value in any field: one named outcome, strict JSON, the tokens before it kept ------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**400), max_value=10**400) | st.floats()
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+_PATHS = [("choices",), ("choices", 0), ("choices", 0, "index"), ("choices", 0, "delta"),
+          ("choices", 0, "delta", "content"), ("choices", 0, "logprobs"), ("choices", 0, "logprobs", "content"),
+          ("choices", 0, "logprobs", "content", 0), ("choices", 0, "logprobs", "content", 0, "token"),
+          ("choices", 0, "logprobs", "content", 0, "logprob"), ("choices", 0, "logprobs", "content", 0, "top_logprobs"),
+          ("choices", 0, "finish_reason")]
+
+
+def _good(text: str, logprob: float, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish,
+                         "logprobs": {"content": [{"token": text, "logprob": logprob, "top_logprobs": []}]}}]}
+
+
+def _run_in_process(argv: list[str], stdin: bytes) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        sys.stdin = saved
+    return code, out.getvalue(), err.getvalue()
+
+
+@settings(max_examples=150, deadline=None)
+@given(path=st.sampled_from(_PATHS), value=_JSON, json_mode=st.booleans())
+def test_any_value_in_any_field_is_a_named_outcome(path: tuple[Any, ...], value: Any, json_mode: bool) -> None:
+    bad = _good("b", -2.0)
+    node: Any = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    body = sse(_good("a", -1.0), bad, _good("c", -0.5, "stop"))
+    code, out, err = _run_in_process(["replay", "-", *(["--json"] if json_mode else [])], body)
+    assert code in (0, 1)
+    lines = err.splitlines()
+    assert (lines == []) if code == 0 else (len(lines) == 1 and lines[0].startswith("livepplx: error: "))
+    assert not any(unicodedata.category(ch) == "Cc" for ch in err.rstrip("\n"))
+    if json_mode:
+        report = strict_json(out)
+        assert report["tokens"] >= 1 and (report["error"] is None) == (code == 0)  # the first token is kept
+    else:
+        assert re.search(r"choice 0: [1-9]\d* tokens", out), out
