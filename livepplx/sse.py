@@ -5,25 +5,40 @@ a line); it finds the framing by itself from the first line and returns the even
 completed so far.
 
 >>> d = StreamDecoder()
->>> d.feed(b'data:{"a": 1}\\r\\n\\r\\n: keep-alive\\n\\nevent: x\\ndata: {"b"')
+>>> d.feed(b'data:{"a": 1}\\r\\n\\r\\n: keep-alive\\r\\revent: x\\ndata: {"b"')
 [Event(name=None, data={'a': 1})]
 >>> d.feed(': 2}\\n\\ndata: [DONE]\\n\\n'), d.done
 ([Event(name='x', data={'b': 2})], True)
+
+Every character is looked at a bounded number of times and at most about twice
+``max_event_bytes`` characters are held, whatever arrives. A malformed event is skipped
+and counted once the stream has produced one; before that it is an error:
+
+>>> d = StreamDecoder()
+>>> d.feed(b'{"a": 1}\\n{"a": tru\\n{"a": 2}\\n'), d.skipped, d.first_skip
+([Event(name=None, data={'a': 1}), Event(name=None, data={'a': 2})], 1, 'line 2: not JSON: \\'{"a": tru\\'')
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import re
 from typing import Any, NamedTuple
 
 from .errors import StreamFormatError
 
-__all__ = ["Event", "StreamDecoder"]
+__all__ = ["Event", "StreamDecoder", "MAX_EVENT_BYTES"]
+
+#: Default bound on one line, on the data of one SSE event, and on one multi-line NDJSON
+#: document: 8 MiB, far above any streamed chunk (a merged vLLM chunk is some kilobytes).
+MAX_EVENT_BYTES = 8 << 20
 
 _SSE_FIELDS = ("data:", "event:", "id:", "retry:", ":")
-# A JSON document split over lines (a pretty-printed error page) is held at most this long.
-_MAX_PENDING = 8 << 20
+# json.loads without its per-call checks; the same errors.
+_decode = json.JSONDecoder().decode
+# A complete JSON string; what a line holds outside them is structure and literals.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 class Event(NamedTuple):
@@ -34,137 +49,264 @@ class Event(NamedTuple):
 
 
 def _snippet(text: str, limit: int = 60) -> str:
+    """The start of ``text`` as a one-line repr: never a raw control character."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _why(error: Exception) -> str:
+    return "JSON nested too deep" if isinstance(error, RecursionError) else "not JSON"
+
+
+def _incomplete(text: str, error: Exception) -> bool:
+    """True when ``text`` failed only because it ended: more lines could complete it.
+
+    Tokens never span a line end, so an error anywhere before the end cannot be mended.
+    """
+    return isinstance(error, json.JSONDecodeError) and (error.pos >= len(text) or text[error.pos :].isspace())
+
+
+def _depth(line: str) -> int | None:
+    """How many brackets the line opens minus how many it closes, strings aside;
+    None if a string is left open (a JSON string never spans lines).
+
+    >>> _depth('{"a": "}}", "b": ['), _depth('  ]'), _depth('"ab\\\\"c')
+    (2, -1, None)
+    """
+    if '"' in line:
+        line = _STRING.sub("", line)
+        if '"' in line:
+            return None
+    return line.count("{") + line.count("[") - line.count("}") - line.count("]")
 
 
 class StreamDecoder:
     """Incremental SSE / NDJSON decoder.
 
-    SSE: ``data:`` with or without the space, CRLF, ``:`` comments, ``event:`` names,
-    ``[DONE]`` or not. NDJSON: one JSON value a line (Ollama); a JSON document spread
-    over several lines is read whole, so a server's pretty-printed error page decodes too.
+    SSE: ``data:`` with or without the space, line ends ``\\n``, ``\\r\\n`` or ``\\r``, ``:``
+    comments, ``event:`` names, ``[DONE]`` or not. Data that spans several ``data:`` lines is
+    joined; when a proxy dropped the blank line between events, a ``data:`` line that is JSON
+    on its own is read as its own event as soon as the next ``data:`` line comes. An ``event:
+    error`` whose data is not JSON is read as ``{"error": {"message": data}}``; empty data
+    is a keep-alive. NDJSON: one JSON value a line (Ollama); a document spread over several
+    lines (a server's pretty-printed error page) is read whole: a line that is JSON cut short
+    (``{`` alone, ``{"error": {``) opens one, its brackets are counted as lines come, and it is
+    parsed once, when they balance. A line that is a non-empty JSON object or array on its
+    own breaks off an open document (which is then malformed).
 
-    Raises :class:`StreamFormatError` for input that is neither, for data that is not
-    JSON, and (from :meth:`close`) for a stream cut off in the middle of an event.
+    Malformed: SSE data that is not JSON, an NDJSON line or document that is not JSON, JSON
+    nested deeper than Python's reader goes (about 1,000 levels), a line, an event's data or
+    a document longer than ``max_event_bytes`` characters. Until the first event was read a
+    malformed one raises :class:`StreamFormatError` (a stream that starts unreadable is not
+    one livepplx can read); after that it is skipped, counted in :attr:`skipped` and the first
+    one described in :attr:`first_skip`, and reading goes on.
+
+    Errors: input that is neither framing, invalid UTF-8 (naming the byte offset), and from
+    :meth:`close` a stream cut inside a character, an event or a document. The events
+    completed before an error are never lost: when a :meth:`feed` call completed events
+    before bad bytes, it returns them and the next call raises. Once raised, an error is
+    raised again by every later call.
+
+    Args:
+        max_event_bytes: bound, in characters (bytes for ASCII), on one line, on the data of
+            one SSE event and on one multi-line NDJSON document; default :data:`MAX_EVENT_BYTES`
+            (8 MiB). Past it, reading stops keeping what comes, so memory stays near twice
+            the bound.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        if isinstance(max_event_bytes, bool) or not isinstance(max_event_bytes, int) or max_event_bytes < 1:
+            raise ValueError(f"max_event_bytes must be a positive integer, not {max_event_bytes!r}")
+        #: the bound on a line, an event's data, a document (characters)
+        self.max_event_bytes = max_event_bytes
         #: "sse" or "ndjson" once the first line has told
         self.framing: str | None = None
         #: True once ``data: [DONE]`` was read
         self.done = False
-        self._text = codecs.getincrementaldecoder("utf-8")("strict")
+        #: malformed events skipped after the first event (see the class docstring)
+        self.skipped = 0
+        #: the first skipped one, described on one line
+        self.first_skip: str | None = None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         self._bytes_read = 0
-        self._partial = ""  # an incomplete last line
-        self._data: list[str] = []  # SSE data lines of the event being read
-        self._name: str | None = None
-        self._pending = ""  # NDJSON lines of an unfinished multi-line document
+        self._error: str | None = None  # raised again by every later call
         self._events = 0
+        self._closing = False
+        # Lines
+        self._cr = False  # the last text ended with "\r": a "\n" opening the next ends no line
+        self._partial: list[str] = []  # pieces of the incomplete last line, joined once it ends
+        self._partial_len = 0
+        self._discard = False  # dropping the rest of an over-long line
+        # SSE: the event being read
+        self._data: list[str] = []
+        self._data_len = 0
+        self._name: str | None = None
+        # NDJSON: line count and an open multi-line document
+        self._line_no = 0
+        self._doc: list[str] | None = None
+        self._doc_len = 0
+        self._doc_depth = 0
+        self._doc_start = 0
+
+    @property
+    def buffered(self) -> int:
+        """Characters held for what is not complete yet: at most twice ``max_event_bytes``."""
+        return self._partial_len + self._data_len + self._doc_len
 
     def feed(self, chunk: bytes | bytearray | memoryview | str) -> list[Event]:
         """Decode what arrived; return the events it completed."""
-        if isinstance(chunk, (bytes, bytearray, memoryview)):
-            try:
-                text = self._text.decode(chunk)
-            except UnicodeDecodeError as e:
-                raise StreamFormatError(
-                    f"not a text stream: invalid UTF-8 at byte {self._bytes_read + e.start}; "
-                    "expected server-sent events (data: {...}) or NDJSON"
-                ) from None
-            self._bytes_read += len(chunk)
-        else:
+        if self._error is not None:
+            raise StreamFormatError(self._error)
+        bad: str | None = None
+        if isinstance(chunk, str):
             text = chunk
-        if not text:
-            return []
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
+        else:
+            size = chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+            try:
+                text = self._utf8.decode(chunk)
+            except UnicodeDecodeError as e:
+                # e.object is the bytes held back from the last call followed by this chunk.
+                where = self._bytes_read - (len(e.object) - size) + e.start
+                text = e.object[: e.start].decode("utf-8")  # read what came before it
+                bad = (
+                    f"not a text stream: invalid UTF-8 at byte {where} ({bytes(e.object[e.start : e.end])!r}); "
+                    "expected server-sent events (data: {...}) or NDJSON"
+                )
+            self._bytes_read += size
         out: list[Event] = []
-        for line in lines:
-            self._line(line[:-1] if line.endswith("\r") else line, out)
+        if text:
+            self._text(text, out)
+        if bad is not None:
+            if not out:
+                raise self._fail(bad)
+            self._error = bad  # raised by the next call: these events are returned first
         return out
 
     def close(self) -> list[Event]:
-        """End of input: flush the last event; raise if the stream was cut mid-event."""
-        out: list[Event] = []
+        """End of input: flush the last event; raise if the stream was cut mid-event.
+
+        The event being read when the input ended (no blank line after it) is read if its
+        data is JSON; otherwise the stream was cut and that event is not read.
+        """
+        if self._error is not None:
+            raise StreamFormatError(self._error)
         try:
-            self._text.decode(b"", final=True)
+            self._utf8.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise StreamFormatError("the stream ended inside a UTF-8 character (truncated)") from None
-        if self._partial:
-            line, self._partial = self._partial, ""
-            self._line(line.rstrip("\r"), out)
+            raise self._fail("the stream ended inside a UTF-8 character (truncated)") from None
+        out: list[Event] = []
+        line = "".join(self._partial)
+        self._partial, self._partial_len, self._discard = [], 0, False
+        self._closing = True  # the last line may be cut: it does not split an event
+        if line:
+            self._lines([line], out)
         if self._data:
-            try:
-                self._dispatch(out)
-            except StreamFormatError:
-                raise StreamFormatError("the stream ended in the middle of an event (truncated)") from None
-        if self._pending:
-            raise StreamFormatError(
-                f"the stream ended in the middle of a JSON value (truncated): {_snippet(self._pending)}"
+            self._dispatch(out)
+        if self._doc is not None:
+            raise self._fail(
+                f"the stream ended in the middle of a JSON document (truncated), "
+                f"from line {self._doc_start}: {_snippet(self._doc[0])}"
             )
         return out
 
     # -- lines ------------------------------------------------------------------------
 
-    def _line(self, line: str, out: list[Event]) -> None:
+    def _text(self, text: str, out: list[Event]) -> None:
+        if self._cr:
+            self._cr = False
+            if text[0] == "\n":
+                text = text[1:]
+        if "\r" in text:
+            self._cr = text[-1] == "\r"
+            text = text.replace("\r\n", "\n")
+            if "\r" in text:  # legal, and rare: CR alone ends a line too
+                text = text.replace("\r", "\n")
+        lines = text.split("\n")
+        tail = lines.pop()
+        if lines:
+            if self._discard:  # the end of an over-long line, already counted
+                self._discard = False
+                del lines[0]
+            elif self._partial:
+                if self._partial_len + len(lines[0]) > self.max_event_bytes:
+                    del lines[0]
+                    self._too_long()
+                else:
+                    lines[0] = "".join(self._partial) + lines[0]
+            self._partial, self._partial_len = [], 0
+            if lines:
+                self._lines(lines, out)
+        if tail and not self._discard:
+            self._partial.append(tail)
+            self._partial_len += len(tail)
+            if self._partial_len > self.max_event_bytes:
+                # Stop keeping the line now, not when it ends: it may never end.
+                self._partial, self._partial_len, self._discard = [], 0, True
+                self._too_long()
+            elif self.framing is None:
+                # Binary garbage may never send a line end: its start already tells.
+                head = self._partial[0] if len(self._partial) == 1 else "".join(self._partial[:64])
+                self._sniff(head[:64], complete=False)
+
+    def _lines(self, lines: list[str], out: list[Event]) -> None:
         if self.framing is None:
-            stripped = line.lstrip("\ufeff \t")
-            if not stripped:
+            limit = self.max_event_bytes
+            start = next((i for i, line in enumerate(lines) if len(line) > limit or line.lstrip("\ufeff \t")), None)
+            if start is None:
+                self._line_no += len(lines)
                 return
-            if stripped.startswith(_SSE_FIELDS):
-                self.framing = "sse"
-            elif stripped[0] in "{[":
-                self.framing = "ndjson"
-            else:
-                raise StreamFormatError(
-                    f"not an SSE or NDJSON stream: it starts with {_snippet(stripped)}; "
-                    "expected 'data: {...}' events or one JSON object a line"
-                )
-            line = stripped
+            if len(lines[start]) > limit:
+                self._too_long()  # raises: nothing was read yet
+            stripped = lines[start].lstrip("\ufeff \t")
+            self._sniff(stripped, complete=True)
+            self.framing = "sse" if stripped.startswith(_SSE_FIELDS) else "ndjson"
+            self._line_no += start
+            lines = [stripped, *lines[start + 1 :]]
         if self.framing == "sse":
-            self._sse_line(line, out)
+            self._sse_lines(lines, out)
         else:
-            self._ndjson_line(line, out)
+            self._ndjson_lines(lines, out)
 
-    def _sse_line(self, line: str, out: list[Event]) -> None:
-        if not line:
-            if self._data:
-                self._dispatch(out)
+    def _sniff(self, head: str, complete: bool) -> None:
+        """Raise unless ``head`` (the first line, or its start) can open SSE or NDJSON."""
+        head = head.lstrip("\ufeff \t")
+        if not head or head[0] in "{[" or head.startswith(_SSE_FIELDS):
             return
-        if line[0] == ":":
-            return  # a comment: keep-alive
-        field, _, value = line.partition(":")
-        if value[:1] == " ":
-            value = value[1:]
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._name = value
-        # id: and retry: matter to reconnecting browsers, not to us.
+        if not complete and any(f.startswith(head) for f in _SSE_FIELDS):
+            return  # "dat": wait for the rest of the line
+        raise self._fail(
+            f"not an SSE or NDJSON stream: it starts with {_snippet(head)}; "
+            "expected 'data: {...}' events or one JSON object a line"
+        )
 
-    def _dispatch(self, out: list[Event]) -> None:
-        data, name = self._data, self._name
-        self._data, self._name = [], None
-        joined = "\n".join(data)
-        if joined.strip() == "[DONE]":
-            self.done = True
-            return
-        try:
-            value = json.loads(joined)
-        except ValueError:
-            # Some proxies drop the blank line between events: try each data line alone.
-            try:
-                values = [json.loads(d) for d in data] if len(data) > 1 else None
-            except ValueError:
-                values = None
-            if values is None:
-                raise StreamFormatError(
-                    f"event {self._events + 1}: data is not JSON: {_snippet(joined)}"
-                ) from None
-            for v in values:
-                self._emit(name, v, out)
-            return
-        self._emit(name, value, out)
+    def _too_long(self) -> None:
+        """The line being read (not yet counted) grew past the bound: the event or document
+        it belongs to is malformed, and what was kept of it is dropped."""
+        limit = f"longer than max_event_bytes={self.max_event_bytes:,} characters"
+        if self.framing == "ndjson":
+            self._line_no += 1
+            if self._doc is not None:
+                what = f"lines {self._doc_start}-{self._line_no}: a JSON document {limit}"
+                self._doc, self._doc_len = None, 0
+            else:
+                what = f"line {self._line_no}: {limit}"
+        elif self.framing == "sse":
+            what = f"event {self._events + self.skipped + 1}: a line {limit}"
+            self._data, self._data_len = [], 0
+        else:
+            what = f"the first line is {limit}"
+        self._bad(f"{what}; pass a larger max_event_bytes if the server really sends events this long")
+
+    def _bad(self, problem: str) -> None:
+        """A malformed event: the stream's error if none was read yet, else skipped and counted."""
+        if not self._events:
+            raise self._fail(problem)
+        self.skipped += 1
+        if self.first_skip is None:
+            self.first_skip = problem
+
+    def _fail(self, message: str) -> StreamFormatError:
+        self._error = message
+        return StreamFormatError(message)
 
     def _emit(self, name: str | None, value: Any, out: list[Event]) -> None:
         if name == "error" and isinstance(value, dict) and "error" not in value and "type" not in value:
@@ -172,16 +314,175 @@ class StreamDecoder:
         self._events += 1
         out.append(Event(name, value))
 
-    def _ndjson_line(self, line: str, out: list[Event]) -> None:
-        if not self._pending and not line.strip():
-            return
-        text = self._pending + line if self._pending else line
+    # -- SSE --------------------------------------------------------------------------
+
+    def _sse_lines(self, lines: list[str], out: list[Event]) -> None:
+        limit = self.max_event_bytes
+        for line in lines:
+            if not line:
+                if self._data:
+                    self._dispatch(out)
+                else:
+                    self._name = None
+                continue
+            if len(line) > limit:
+                self._too_long()
+                continue
+            if line[0] == ":":
+                continue  # a comment: keep-alive
+            if line.startswith("data:"):
+                value = line[6:] if line.startswith("data: ") else line[5:]
+            else:
+                field, _, value = line.partition(":")
+                if value[:1] == " ":
+                    value = value[1:]
+                if field == "event":
+                    self._name = value
+                if field != "data":
+                    continue  # id: and retry: matter to reconnecting browsers, not to us
+            if self._data:
+                self._more_data(value, out)
+            else:
+                self._data.append(value)
+                self._data_len = len(value)
+
+    def _more_data(self, value: str, out: list[Event]) -> None:
+        data = self._data
+        if len(data) == 1 and not self._closing and value and not value.isspace():
+            # JSON followed by more than blanks is never JSON: if the first line is JSON on
+            # its own, a proxy dropped the blank line after it. Reading it now keeps a stream
+            # that never sends blank lines live and its memory bounded.
+            first = data[0]
+            try:
+                parsed = _decode(first)
+            except (ValueError, RecursionError):
+                if first.strip() == "[DONE]":
+                    self.done = True
+                    data.clear()
+            else:
+                self._emit(self._name, parsed, out)
+                data.clear()
+            if not data:
+                data.append(value)
+                self._data_len = len(value)
+                return
+        data.append(value)
+        self._data_len += len(value) + 1
+        if self._data_len > self.max_event_bytes:
+            self._data, self._data_len = [], 0
+            self._bad(
+                f"event {self._events + self.skipped + 1}: data longer than max_event_bytes="
+                f"{self.max_event_bytes:,} characters; pass a larger max_event_bytes if the server "
+                "really sends events this long"
+            )
+
+    def _dispatch(self, out: list[Event]) -> None:
+        data, name = self._data, self._name
+        self._data, self._data_len, self._name = [], 0, None
+        text = data[0] if len(data) == 1 else "\n".join(data)
         try:
-            value = json.loads(text)
-        except ValueError:
-            if len(text) > _MAX_PENDING:
-                raise StreamFormatError(f"line {self._events + 1} is not JSON: {_snippet(text)}") from None
-            self._pending = text + "\n"
+            value = _decode(text)
+        except (ValueError, RecursionError) as e:
+            self._not_json(name, data, text, e, out)
+        else:
+            self._emit(name, value, out)
+
+    def _not_json(self, name: str | None, data: list[str], text: str, error: Exception, out: list[Event]) -> None:
+        stripped = text.strip()
+        if not stripped:
+            return  # `data:` with nothing: a keep-alive
+        if stripped == "[DONE]":
+            self.done = True
             return
-        self._pending = ""
-        self._emit(None, value, out)
+        if len(data) > 1:
+            # Blank lines dropped between events, as read at close(): each line alone.
+            values = []
+            try:
+                for line in data:
+                    if line.strip() == "[DONE]":
+                        self.done = True
+                    elif line and not line.isspace():
+                        values.append(_decode(line))
+            except (ValueError, RecursionError):
+                pass
+            else:
+                for value in values:
+                    self._emit(name, value, out)
+                return
+        if name == "error" and not isinstance(error, RecursionError):
+            self._emit(name, {"error": {"message": text}}, out)  # an error said in plain text
+            return
+        if self._closing:
+            raise self._fail(f"the stream ended in the middle of an event (truncated): {_snippet(text)}")
+        self._bad(f"event {self._events + self.skipped + 1}: data is {_why(error)}: {_snippet(text)}")
+
+    # -- NDJSON -----------------------------------------------------------------------
+
+    def _ndjson_lines(self, lines: list[str], out: list[Event]) -> None:
+        limit = self.max_event_bytes
+        for line in lines:
+            if len(line) > limit:
+                self._too_long()  # counts the line
+                continue
+            self._line_no += 1
+            if self._doc is not None:
+                self._doc_line(line, out)
+                continue
+            if not line or line.isspace():
+                continue
+            try:
+                value = _decode(line)
+            except (ValueError, RecursionError) as e:
+                depth = _depth(line) if _incomplete(line, e) else None
+                if depth is not None and depth > 0:
+                    self._doc, self._doc_len, self._doc_depth, self._doc_start = [line], len(line), depth, self._line_no
+                elif self._closing:  # the last line, without its line end: cut, most likely
+                    raise self._fail(
+                        f"the stream ended in the middle of a line (truncated), line {self._line_no}: {_snippet(line)}"
+                    )
+                else:
+                    self._bad(f"line {self._line_no}: {_why(e)}: {_snippet(line)}")
+                continue
+            self._events += 1
+            out.append(Event(None, value))
+
+    def _doc_line(self, line: str, out: list[Event]) -> None:
+        doc = self._doc
+        assert doc is not None
+        if line and line[0] in "{[":
+            # A complete object or array at the start of a line is a new line of the stream,
+            # not part of the document: that one was cut off.
+            try:
+                value = _decode(line)
+            except (ValueError, RecursionError):
+                pass
+            else:
+                if value:  # `[]` / `{}` alone on a line also occur inside an indent=0 document
+                    self._doc, self._doc_len = None, 0
+                    self._bad(f"line {self._doc_start}: a JSON document left unfinished: {_snippet(doc[0])}")
+                    self._events += 1
+                    out.append(Event(None, value))
+                    return
+        self._doc_len += len(line) + 1
+        if self._doc_len > self.max_event_bytes:
+            self._line_no -= 1  # _too_long counts it
+            self._too_long()
+            return
+        doc.append(line)
+        depth = _depth(line)
+        if depth is None:
+            self._doc_depth = 0  # a string left open: no later line mends it; fail now
+        else:
+            self._doc_depth += depth
+        if self._doc_depth > 0:
+            return
+        # The brackets balance: the document is complete, or it never will be. Parsed once.
+        self._doc, self._doc_len = None, 0
+        text = "\n".join(doc)
+        try:
+            value = _decode(text)
+        except (ValueError, RecursionError) as e:
+            self._bad(f"lines {self._doc_start}-{self._line_no}: {_why(e)}: {_snippet(text)}")
+            return
+        self._events += 1
+        out.append(Event(None, value))
