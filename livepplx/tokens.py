@@ -13,6 +13,10 @@ The policy (``shared/guide/wire-formats.md``):
   when nothing is listed.
 * Probability mode (llama.cpp ``post_sampling_probs``) takes ``log(prob)``;
   ``prob == 0`` is censored.
+* Any other finite value is the value, however small: ``-800`` is a token with
+  ``p = e^-800``. An integer past the float range reads as infinite (so a huge
+  negative one is censored and a huge positive one skipped); ``true``/``false`` are
+  never numbers.
 
 >>> make_token(0, "hi", -0.5, [-0.5, -1.2]).logprob
 -0.5
@@ -21,6 +25,8 @@ The policy (``shared/guide/wire-formats.md``):
 (True, -3.0)
 >>> make_token(0, "x", None, []).status is Status.SKIPPED
 True
+>>> make_token(0, "x", -10**400, [-2.5]).logprob, make_token(0, "x", -800, []).status.name
+(-2.5, 'OK')
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ def as_logprob(raw: object, prob_mode: bool = False) -> float | None:
         # bool is an int but never a logprob; strings are never numbers here.
         if type(raw) is not int:
             return None
-        raw = float(raw)
+        raw = _int_to_float(raw)
     if prob_mode:
         if not 0.0 <= raw <= 1.0:  # also False for NaN
             return None
@@ -102,14 +108,29 @@ def as_logprob(raw: object, prob_mode: bool = False) -> float | None:
     return raw
 
 
+def _int_to_float(raw: int) -> float:
+    """An int as a float; past the float range (JSON allows ``1`` followed by 400 zeros) it is ±inf."""
+    try:
+        return float(raw)
+    except OverflowError:
+        return math.inf if raw > 0 else -math.inf
+
+
 def _clean_alternatives(alternatives: Iterable[object], prob_mode: bool) -> tuple[float, ...]:
     values: tuple[Any, ...] = tuple(alternatives)
     if not prob_mode and values:
-        # Fast path: every value an ordinary logprob. min/max raise TypeError on None or
-        # a string, and a NaN makes the sum compare unequal to itself.
+        # Fast path: every value an ordinary logprob. min/max raise TypeError on None, a
+        # string or a list, and a NaN makes the sum compare unequal to itself. An int past
+        # the float range fails the bounds. False == 0 passes them, so a list whose largest
+        # value is 0 is also checked for bools (which are never logprobs).
         try:
-            if min(values) > CENSORED_AT_OR_BELOW and max(values) <= 0.0 and sum(values) == sum(values):
-                return values  # type: ignore[return-value]
+            top = max(values)
+            if (
+                min(values) > CENSORED_AT_OR_BELOW
+                and (top < 0.0 or (top == 0.0 and not any(v is False for v in values)))
+                and sum(values) == sum(values)
+            ):
+                return values
         except TypeError:
             pass
     out = []
