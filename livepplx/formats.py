@@ -1,8 +1,24 @@
-"""Streaming wire formats: one parser per format, chunk -> :class:`Parsed`.
+"""Wire formats: one parser per format, chunk -> :class:`Parsed`.
 
-A chunk is a decoded JSON object (a ``dict``) or an openai SDK object of the same
-shape; attributes and keys are read alike, so nothing here imports openai.
-Where each server puts its logprobs: ``shared/guide/wire-formats.md``.
+A chunk is a decoded JSON value (a ``dict``) or an openai SDK object of the same
+shape; attributes and keys are read alike, so nothing here imports openai. A whole
+non-streamed response is read by the same parsers as one big chunk
+(:func:`livepplx.score`). Where each server puts its logprobs:
+``shared/guide/wire-formats.md``.
+
+**The type rule.** Every parser reads fields through the same few accessors, so one
+rule holds for every format and every depth:
+
+* A field whose value has the wrong type reads as absent: a token text that is not
+  a string reads as ``""``, alternatives (``top_logprobs``) that are not a list list
+  nothing, an end mark that is not a non-empty string (``true`` for the formats that
+  use a flag) marks nothing. A logprob that is not a number is the value policy's
+  ``SKIPPED`` (:mod:`livepplx.tokens`).
+* A value on the way to the tokens that cannot be read as one (a chunk, choice or
+  token entry that is not an object; a list of them that is not a list; a choice
+  index that is not a non-negative integer, ``true`` and ``"1"`` included) is not a
+  token: it is counted in :attr:`Parsed.malformed`, and the rest of the chunk is
+  still read. A malformed choice index never falls back to choice 0.
 
 >>> chunk = {"choices": [{"index": 0, "delta": {"content": "Hi"},
 ...          "logprobs": {"content": [{"token": "Hi", "logprob": -0.25, "top_logprobs": []}]}}]}
@@ -10,10 +26,13 @@ Where each server puts its logprobs: ``shared/guide/wire-formats.md``.
 'openai-chat'
 >>> parse_chunk(chunk).tokens
 [Token(choice=0, text='Hi', logprob=-0.25, status=OK, alternatives=())]
+>>> parse_chunk({"choices": [{"index": "1", "delta": {"content": "x"}, "finish_reason": "stop"}]}, "openai-chat")
+Parsed(tokens=[], unscored=0, error=None, ended=(), malformed=1)
 """
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Callable, NamedTuple
 
 from .tokens import Token, make_token
@@ -30,29 +49,111 @@ class Parsed(NamedTuple):
     unscored: int = 0
     #: the message of a mid-stream error event, else None
     error: str | None = None
+    #: the choice indexes this chunk marked finished by its format's own end mark
+    #: (``finish_reason``, ``response.completed``, ``"stop": true``, ``"done": true``,
+    #: TGI's ``details``, Gemini's ``finishReason``)
+    ended: tuple[int, ...] = ()
+    #: values on the way to the tokens that could not be read (see the type rule above)
+    malformed: int = 0
 
 
-def _getter(obj: Any) -> Callable[[Any, str, Any], Any]:
-    """How to read fields from this chunk and everything in it: ``get(obj, name, None)``.
+Getter = Callable[[Any, str, Any], Any]
+_DICT_GET: Getter = dict.get
 
-    Both are C builtins, so reading a field costs no Python call; SDK objects are read
-    only by their declared fields, since a missing attribute costs pydantic an exception.
+# JSON scalars and arrays have no fields. Reading one by attribute would be wrong, not
+# just empty: getattr([], "index") is a list method.
+_NO_FIELDS = (str, bytes, bytearray, int, float, list, tuple, type(None))
+
+
+def _reader(obj: Any) -> Getter | None:
+    """How to read fields of ``obj``: ``dict.get`` or ``getattr`` (called ``get(obj, name,
+    None)``, both C builtins), or None when ``obj`` is not an object at all.
+
+    SDK objects are read by attribute; they may hold plain dicts in fields they do not
+    declare (llama-server's ``logprobs.content`` in a ``Completion``), so every object
+    down the tree picks its own reader.
     """
-    return dict.get if type(obj) is dict else getattr  # type: ignore[return-value]
+    if type(obj) is dict or isinstance(obj, dict):
+        return dict.get
+    if isinstance(obj, _NO_FIELDS):
+        return None
+    return getattr
+
+
+def _field(obj: Any, name: str) -> Any:
+    """One field of anything: None when absent or when ``obj`` has no fields."""
+    get = _reader(obj)
+    return get(obj, name, None) if get is not None else None
+
+
+def _as_list(value: Any) -> list[Any] | tuple[Any, ...] | None:
+    """A field that holds a list: the list, ``()`` when absent, None when of another type."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return value
+    return None
+
+
+def _none(value: Any) -> bool:
+    """Absent or empty: null or ``[]`` (any other value is read, and may be malformed)."""
+    return value is None or (not value and isinstance(value, (list, tuple)))
+
+
+def _index(value: Any, default: int) -> int | None:
+    """A choice index: ``default`` when absent, None (malformed) unless a non-negative int."""
+    if value is None:
+        return default
+    if type(value) is int and value >= 0:  # type() excludes bool
+        return value
+    return None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _alternatives(tops: Any, key: str) -> list[Any] | tuple[()]:
+    """The raw values of listed alternatives (the value policy cleans them)."""
+    if type(tops) is not list and not isinstance(tops, (list, tuple)):
+        return ()  # absent, or a wrong type: nothing listed
+    return [a.get(key) if type(a) is dict else _field(a, key) for a in tops]
+
+
+def _short(value: Any) -> str:
+    """A bounded repr: a server's error object can be anything, of any size or depth."""
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an int past str()'s digit limit
+        return f"<{type(value).__name__}>"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 200, 200
 
 
 def error_message(chunk: Any) -> str | None:
-    """The message of an error event (``{"error": ...}`` in any server's shape), else None."""
-    get = _getter(chunk)
+    """The message of an error event (``{"error": ...}`` in any server's shape), else None.
+
+    A truthy ``error`` field is an error; its ``message`` is the message when it has one.
+    """
+    get = _reader(chunk)
+    if get is None:
+        return None
     err = get(chunk, "error", None)
     if not err:
         if get(chunk, "type", None) == "error":  # the Responses API's error event
-            return str(get(chunk, "message", None) or get(chunk, "code", None) or "error event")
+            message = get(chunk, "message", None) or get(chunk, "code", None)
+            return _message(message) if message else "error event"
         return None
     if isinstance(err, str):
         return err
-    message = _getter(err)(err, "message", None)
-    return str(message) if message else str(err)
+    message = _field(err, "message")
+    return _message(message) if message else _short(err)
+
+
+def _message(message: Any) -> str:
+    return message if isinstance(message, str) else _short(message)
 
 
 def _dict_error(chunk: Any) -> str | None:
@@ -60,128 +161,461 @@ def _dict_error(chunk: Any) -> str | None:
     return error_message(chunk) if type(chunk) is dict else None
 
 
-def _has_text(get: Callable[[Any, str, Any], Any], delta: Any) -> bool:
-    if delta is None:
+def _not_an_object() -> Parsed:
+    return Parsed([], 0, None, (), 1)
+
+
+def _entry_token(index: int, e: Any, get: Getter) -> Token:
+    """One ``{token, logprob, top_logprobs: [{logprob}]}`` entry (chat, responses, ollama)."""
+    tops = get(e, "top_logprobs", None)
+    text = get(e, "token", None)
+    return make_token(
+        index,
+        text if type(text) is str else _text(text),
+        get(e, "logprob", None),
+        # The common case inline: a list of dicts (this runs for every listed alternative).
+        [a.get("logprob") if type(a) is dict else _field(a, "logprob") for a in tops]
+        if type(tops) is list
+        else _alternatives(tops, "logprob") if tops else (),
+    )
+
+
+def _entries(index: int, entries: Any, tokens: list[Token]) -> int:
+    """Append the tokens of a list of entries; return how many were malformed."""
+    if type(entries) is not list:
+        entries = _as_list(entries)
+        if entries is None:
+            return 1
+    malformed = 0
+    for e in entries:
+        get = _DICT_GET if type(e) is dict else _reader(e)
+        if get is None:
+            malformed += 1
+        else:
+            tokens.append(_entry_token(index, e, get))
+    return malformed
+
+
+def _has_text(part: Any) -> bool:
+    get = _reader(part)
+    if get is None:
         return False
     for key in ("content", "refusal", "reasoning_content", "reasoning"):
-        if get(delta, key, None):
+        value = get(part, key, None)
+        if value and isinstance(value, str):
             return True
     return False
 
 
-def _entry_token(index: int, e: Any) -> Token:
-    """One ``{token, logprob, top_logprobs: [{logprob}]}`` entry (chat, responses, ollama).
+# -- OpenAI Chat Completions and legacy Completions ----------------------------------------
 
-    The entry picks its own getter: an SDK object can hold plain dicts in fields it does
-    not declare (llama-server's ``logprobs.content`` in a Completion).
+
+def _legacy_tokens(index: int, get: Getter, logprobs: Any, values: Any, tokens: list[Token]) -> int:
+    """Parallel lists: ``tokens``, ``token_logprobs``, ``top_logprobs`` as maps token -> logprob.
+
+    Legacy Completions, and chat choices from Together and older vLLM. Duplicate tokens
+    collapse in a map, so a position may list fewer alternatives than asked.
     """
-    get = _getter(e)
-    tops = get(e, "top_logprobs", None)
-    return make_token(
-        index, get(e, "token", None) or "", get(e, "logprob", None), [get(a, "logprob", None) for a in tops] if tops else ()
-    )
+    if type(values) is not list:
+        values = _as_list(values)
+        if values is None:
+            return 1
+    texts = get(logprobs, "tokens", None)
+    if type(texts) is not list:
+        texts = _as_list(texts) or ()
+    tops = get(logprobs, "top_logprobs", None)
+    if type(tops) is not list:
+        tops = _as_list(tops) or ()
+    n_texts, n_tops = len(texts), len(tops)
+    for j, raw in enumerate(values):
+        text = texts[j] if j < n_texts else ""
+        top = tops[j] if j < n_tops else None
+        tokens.append(make_token(
+            index,
+            text if type(text) is str else _text(text),
+            raw,
+            top.values() if isinstance(top, dict) else (),
+        ))
+    return 0
 
 
-def parse_openai_chat(chunk: Any) -> Parsed:
-    """OpenAI Chat Completions (and vLLM, SGLang, llama.cpp, Ollama /v1, TGI /v1)."""
-    get = _getter(chunk)
-    tokens: list[Token] = []
-    unscored = 0
-    for choice in get(chunk, "choices", None) or ():
-        index = get(choice, "index", None) or 0
-        logprobs = get(choice, "logprobs", None)
-        scored = False
-        if logprobs is not None:
-            # Refusal and reasoning tokens are generated tokens: they count too.
-            for key in ("content", "refusal"):
-                for e in get(logprobs, key, None) or ():
-                    tokens.append(_entry_token(index, e))
-                    scored = True
-        if not scored and _has_text(get, get(choice, "delta", None) or get(choice, "message", None)):
-            unscored += 1
-    return Parsed(tokens, unscored, _dict_error(chunk))
+def _choices_parser(chat: bool, name: str, doc: str) -> Callable[[Any], Parsed]:
+    """The parser of chat or legacy Completions choices: one body, two formats (a closure,
+    not a shared helper, so that reading a chunk costs no extra call)."""
+
+    def parse(chunk: Any) -> Parsed:
+        get = _DICT_GET if type(chunk) is dict else _reader(chunk)
+        if get is None:
+            return _not_an_object()
+        choices = get(chunk, "choices", None)
+        malformed = 0
+        if type(choices) is not list:
+            choices = _as_list(choices)
+            if choices is None:
+                choices, malformed = (), 1
+        tokens: list[Token] = []
+        unscored = 0
+        ended: tuple[int, ...] = ()
+        for position, choice in enumerate(choices):
+            cget = _DICT_GET if type(choice) is dict else _reader(choice)
+            if cget is None:
+                malformed += 1
+                continue
+            index = cget(choice, "index", None)
+            if type(index) is not int or index < 0:
+                index = _index(index, position)
+                if index is None:
+                    malformed += 1  # never merged into another choice
+                    continue
+            before = len(tokens)
+            logprobs = cget(choice, "logprobs", None)
+            bad = 0
+            if logprobs is not None:
+                lget = _DICT_GET if type(logprobs) is dict else _reader(logprobs)
+                # Completions carry the parallel lists; chat carries entries, or the lists on
+                # Together's and older vLLM's answers: each is looked for where it is likely first.
+                values = None if chat or lget is None else lget(logprobs, "token_logprobs", None)
+                if values is None and lget is not None:
+                    # Refusal and reasoning tokens are generated tokens: they count too.
+                    for key in ("content", "refusal"):
+                        entries = lget(logprobs, key, None)
+                        if entries is None:
+                            continue
+                        if type(entries) is list:  # the common case inline: it runs for every chunk
+                            for e in entries:
+                                if type(e) is dict:
+                                    tokens.append(_entry_token(index, e, _DICT_GET))
+                                else:
+                                    bad += _entries(index, (e,), tokens)
+                        else:
+                            bad += _entries(index, entries, tokens)
+                    if chat and len(tokens) == before:
+                        values = lget(logprobs, "token_logprobs", None)
+                if values is not None:
+                    bad += _legacy_tokens(index, lget, logprobs, values, tokens)  # type: ignore[arg-type]
+                elif lget is None:
+                    if type(logprobs) is float or type(logprobs) is int:
+                        # Together streams the sampled token's logprob as a bare number, one token a chunk.
+                        delta = cget(choice, "delta", None)
+                        tokens.append(make_token(index, _text(_field(delta, "content")), logprobs))
+                    else:
+                        bad = 1
+            malformed += bad
+            if len(tokens) == before and not bad:
+                if chat:
+                    part = cget(choice, "delta", None) or cget(choice, "message", None)
+                    if part is not None and _has_text(part):
+                        unscored += 1
+                elif _text(cget(choice, "text", None)):
+                    unscored += 1
+            finish = cget(choice, "finish_reason", None)
+            if finish and isinstance(finish, str):
+                ended += (index,)
+        return Parsed(tokens, unscored, error_message(chunk) if type(chunk) is dict else None, ended, malformed)
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = doc
+    return parse
 
 
-def parse_openai_completions(chunk: Any) -> Parsed:
-    """OpenAI legacy Completions (and vLLM, llama-cpp-python): parallel lists per chunk."""
-    get = _getter(chunk)
-    tokens: list[Token] = []
-    unscored = 0
-    for choice in get(chunk, "choices", None) or ():
-        index = get(choice, "index", None) or 0
-        logprobs = get(choice, "logprobs", None)
-        values = get(logprobs, "token_logprobs", None) if logprobs is not None else None
-        if not values:
-            # Upstream llama-server writes the chat shape (logprobs.content) here.
-            entries = get(logprobs, "content", None) if logprobs is not None else None
-            if entries:
-                tokens += [_entry_token(index, e) for e in entries]
-            elif get(choice, "text", None):
-                unscored += 1
-            continue
-        texts = get(logprobs, "tokens", None) or ()
-        tops = get(logprobs, "top_logprobs", None) or ()
-        for j, raw in enumerate(values):
-            top = tops[j] if j < len(tops) else None
-            # top_logprobs here is a dict token -> logprob (duplicate tokens collapse).
-            tokens.append(make_token(index, texts[j] if j < len(texts) else "", raw, top.values() if top else ()))
-    return Parsed(tokens, unscored, _dict_error(chunk))
+parse_openai_chat = _choices_parser(True, "parse_openai_chat", """OpenAI Chat Completions (and vLLM, SGLang, llama.cpp, Ollama /v1, TGI /v1, Together).
+
+    Streamed chunks (``delta``) and whole answers (``message``) read alike. Besides
+    ``logprobs.content`` (and ``refusal``), a choice may carry the legacy parallel lists
+    (Together's and older vLLM's answers) or, in Together's stream, a bare number.
+    """)
+
+parse_openai_completions = _choices_parser(False, "parse_openai_completions", """OpenAI legacy Completions
+    (and vLLM, llama-cpp-python; llama-server's chat-shaped ones).""")
+
+
+# -- OpenAI Responses ---------------------------------------------------------------------
+
+#: Events that end a Responses stream (``response.done`` is the Realtime API's name).
+_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed", "response.done")
+#: A whole Response object with one of these statuses is finished.
+_RESPONSE_FINAL = ("completed", "incomplete", "failed", "cancelled")
 
 
 def parse_openai_responses(chunk: Any) -> Parsed:
-    """OpenAI Responses API events: logprobs ride on ``response.output_text.delta``."""
-    get = _getter(chunk)
+    """OpenAI Responses API: stream events (logprobs ride on ``response.output_text.delta``)
+    or a whole Response object (``object: "response"``, logprobs in ``output_text`` parts)."""
+    get = _reader(chunk)
+    if get is None:
+        return _not_an_object()
     kind = get(chunk, "type", None)
     if kind == "response.output_text.delta":
         entries = get(chunk, "logprobs", None)
-        if not entries:
-            return Parsed([], 1 if get(chunk, "delta", None) else 0)
-        return Parsed([_entry_token(0, e) for e in entries])
-    if kind == "response.failed":
-        return Parsed([], 0, error_message(get(chunk, "response", None)) or "response.failed")
-    if kind == "error":
-        return Parsed([], 0, error_message(chunk))
-    # Other events (created, done, output_text.done which repeats the logprobs) add nothing.
+        if _none(entries):
+            return Parsed([], 1 if _text(get(chunk, "delta", None)) else 0)
+        tokens: list[Token] = []
+        malformed = _entries(0, entries, tokens)
+        return Parsed(tokens, 0, None, (), malformed)
+    if isinstance(kind, str):
+        if kind in _RESPONSE_ENDS:
+            error = None
+            if kind == "response.failed":
+                error = error_message(get(chunk, "response", None)) or "response.failed"
+            return Parsed([], 0, error, (0,))
+        if kind == "error":
+            return Parsed([], 0, error_message(chunk))
+        # Other events (created, output_text.done which repeats the logprobs, ...) add nothing.
+        return Parsed([], 0, _dict_error(chunk))
+    if get(chunk, "object", None) == "response":
+        return _response_object(chunk, get)
     return Parsed([], 0, _dict_error(chunk))
 
 
+def _response_object(response: Any, get: Getter) -> Parsed:
+    tokens: list[Token] = []
+    unscored = malformed = 0
+    output = _as_list(get(response, "output", None))
+    if output is None:
+        output, malformed = (), 1
+    for item in output:
+        iget = _reader(item)
+        if iget is None:
+            malformed += 1
+            continue
+        if iget(item, "type", None) != "message":
+            continue  # reasoning, tool calls: no logprobs
+        parts = _as_list(iget(item, "content", None))
+        if parts is None:
+            malformed += 1
+            continue
+        for part in parts:
+            pget = _reader(part)
+            if pget is None:
+                malformed += 1
+                continue
+            if pget(part, "type", None) != "output_text":
+                continue
+            entries = pget(part, "logprobs", None)
+            if not _none(entries):
+                malformed += _entries(0, entries, tokens)
+            elif _text(pget(part, "text", None)):
+                unscored += 1
+    status = get(response, "status", None)
+    finished = isinstance(status, str) and status in _RESPONSE_FINAL
+    error = (error_message(response) or "response failed") if status == "failed" else _dict_error(response)
+    return Parsed(tokens, unscored, error, (0,) if finished else (), malformed)
+
+
+# -- llama.cpp native ---------------------------------------------------------------------
+
+
 def parse_llamacpp_native(chunk: Any) -> Parsed:
-    """llama.cpp ``/completion``: ``logprob`` mode, or ``prob`` mode with ``post_sampling_probs``."""
-    get = _getter(chunk)
+    """llama.cpp ``/completion``, streamed or whole.
+
+    Three shapes of ``completion_probabilities`` entries: ``logprob`` with
+    ``top_logprobs``; ``prob`` with ``top_probs`` (``post_sampling_probs``); and the older
+    shape still sent by ik_llama.cpp, ``{"content", "probs": [{"tok_str", "prob"}]}``,
+    where the sampled token is the ``probs`` entry whose ``tok_str`` is the ``content``
+    (censored when it is not listed: it was less likely than every listed one).
+
+    The older servers end a stream with an event (``"stop": true``, empty ``content``)
+    that repeats every token's probabilities: those were counted as they came.
+    """
+    get = _DICT_GET if type(chunk) is dict else _reader(chunk)
+    if get is None:
+        return _not_an_object()
+    index = get(chunk, "index", None)
+    if type(index) is not int or index < 0:
+        index = _index(index, 0)
+        if index is None:
+            return Parsed([], 0, _dict_error(chunk), (), 1)
+    stop = get(chunk, "stop", None) is True
+    ended = (index,) if stop else ()
     entries = get(chunk, "completion_probabilities", None)
+    content = get(chunk, "content", None)
+    if type(entries) is not list:
+        entries = _as_list(entries)
+        if entries is None:
+            return Parsed([], 0, _dict_error(chunk), ended, 1)
     if not entries:
-        return Parsed([], 1 if get(chunk, "content", None) else 0, _dict_error(chunk))
-    index = get(chunk, "index", None) or 0
-    tokens = []
+        return Parsed([], 1 if _text(content) else 0, _dict_error(chunk), ended)
+    if stop and content == "":
+        return Parsed([], 0, _dict_error(chunk), ended)  # the recap of a stream
+    tokens: list[Token] = []
+    malformed = 0
     for e in entries:
-        if "prob" in e and "logprob" not in e:
-            tops = e.get("top_probs") or ()
-            tokens.append(make_token(index, e.get("token") or "", e["prob"], [a.get("prob") for a in tops], True))
+        eget = _DICT_GET if type(e) is dict else _reader(e)
+        if eget is None:
+            malformed += 1
+        elif eget(e, "logprob", None) is not None:
+            tokens.append(_entry_token(index, e, eget))
+        elif eget(e, "probs", None) is not None:
+            tokens.append(_tok_str_token(index, e, eget))
+        elif eget(e, "prob", None) is not None:
+            tops = eget(e, "top_probs", None)
+            tokens.append(make_token(index, _text(eget(e, "token", None)), eget(e, "prob", None),
+                                     _alternatives(tops, "prob"), True))
         else:
-            tokens.append(_entry_token(index, e))
-    return Parsed(tokens)
+            tokens.append(_entry_token(index, e, eget))  # no value: the policy skips it
+    return Parsed(tokens, 0, None, ended, malformed)
+
+
+def _tok_str_token(index: int, e: Any, get: Getter) -> Token:
+    """The older llama.cpp entry: ``probs`` lists the top tokens, the sampled one among them or not."""
+    content = get(e, "content", None)
+    listed = _as_list(get(e, "probs", None)) or ()
+    alternatives = []
+    raw: Any = None
+    found = False
+    for p in listed:
+        pget = _reader(p)
+        if pget is None:
+            continue
+        prob = pget(p, "prob", None)
+        alternatives.append(prob)
+        if not found and isinstance(content, str) and pget(p, "tok_str", None) == content:
+            raw, found = prob, True
+    if alternatives and not found:
+        raw = 0.0  # not among the listed: less likely than any of them (censored)
+    return make_token(index, _text(content), raw, alternatives, True)
+
+
+# -- TGI, Ollama, Gemini ------------------------------------------------------------------
 
 
 def parse_tgi(chunk: Any) -> Parsed:
-    """Hugging Face TGI ``/generate_stream``: one ``token`` per event, ``top_tokens`` beside it."""
-    get = _getter(chunk)
+    """Hugging Face TGI: ``/generate_stream`` events (one ``token``, ``top_tokens`` beside it)
+    or a whole ``/generate`` answer (``details.tokens`` and ``details.top_tokens``)."""
+    get = _reader(chunk)
+    if get is None:
+        return _not_an_object()
+    details = get(chunk, "details", None)
+    generated = get(chunk, "generated_text", None)
+    has_details = details is not None and _reader(details) is not None
+    ended = (0,) if has_details or isinstance(generated, str) else ()
     token = get(chunk, "token", None)
-    if not token:
-        return Parsed([], 0, _dict_error(chunk))
-    tops = get(chunk, "top_tokens", None) or ()
-    return Parsed([make_token(0, get(token, "text", None) or "", get(token, "logprob", None),
-                              [get(a, "logprob", None) for a in tops])])
+    if token is not None:
+        tget = _reader(token)
+        if tget is None:
+            return Parsed([], 0, _dict_error(chunk), ended, 1)
+        tops = get(chunk, "top_tokens", None)
+        return Parsed([make_token(0, _text(tget(token, "text", None)), tget(token, "logprob", None),
+                                  _alternatives(tops, "logprob"))], 0, _dict_error(chunk), ended)
+    tokens: list[Token] = []
+    malformed = 0
+    if has_details:
+        dget = _reader(details)
+        listed = dget(details, "tokens", None)  # type: ignore[misc]
+        if listed is not None:
+            malformed = _tgi_tokens(listed, dget(details, "top_tokens", None), tokens)  # type: ignore[misc]
+    unscored = 1 if not tokens and not malformed and _text(generated) else 0
+    return Parsed(tokens, unscored, _dict_error(chunk), ended, malformed)
+
+
+def _tgi_tokens(listed: Any, tops: Any, tokens: list[Token]) -> int:
+    listed = _as_list(listed)
+    if listed is None:
+        return 1
+    tops = _as_list(tops) or ()
+    malformed = 0
+    for j, t in enumerate(listed):
+        tget = _reader(t)
+        if tget is None:
+            malformed += 1
+            continue
+        alternatives = _alternatives(tops[j], "logprob") if j < len(tops) else ()
+        tokens.append(make_token(0, _text(tget(t, "text", None)), tget(t, "logprob", None), alternatives))
+    return malformed
 
 
 def parse_ollama(chunk: Any) -> Parsed:
-    """Ollama native ``/api/chat`` and ``/api/generate`` NDJSON: a ``logprobs`` list beside the message."""
-    get = _getter(chunk)
+    """Ollama native ``/api/chat`` and ``/api/generate``: a ``logprobs`` list beside the message,
+    one NDJSON line at a time or one whole answer (``"done": true``)."""
+    get = _reader(chunk)
+    if get is None:
+        return _not_an_object()
+    ended = (0,) if get(chunk, "done", None) is True else ()
     entries = get(chunk, "logprobs", None)
-    if not entries:
+    if _none(entries):
         message = get(chunk, "message", None)
-        text = _has_text(get, message) if message else get(chunk, "response", None)
-        return Parsed([], 1 if text else 0, _dict_error(chunk))
-    return Parsed([_entry_token(0, e) for e in entries])
+        text = _has_text(message) if message is not None else bool(_text(get(chunk, "response", None)))
+        return Parsed([], 1 if text else 0, _dict_error(chunk), ended)
+    tokens: list[Token] = []
+    malformed = _entries(0, entries, tokens)
+    return Parsed(tokens, 0, _dict_error(chunk), ended, malformed)
+
+
+def parse_gemini(chunk: Any) -> Parsed:
+    """Google Gemini ``generateContent`` and ``streamGenerateContent?alt=sse``.
+
+    Each candidate's ``logprobsResult`` lists ``chosenCandidates`` (the sampled tokens)
+    and, position by position, ``topCandidates[].candidates`` (the alternatives), all as
+    ``{token, tokenId, logProbability}``. Gemini writes ``-1.2676506e30`` for a token it
+    did not rank: below the censor line, so such a value is censored, and bounds nothing
+    as an alternative. ``avgLogprobs`` is ignored: the tokens say more.
+    """
+    get = _reader(chunk)
+    if get is None:
+        return _not_an_object()
+    error = _dict_error(chunk)
+    candidates = get(chunk, "candidates", None)
+    if candidates is None:
+        blocked = _field(get(chunk, "promptFeedback", None), "blockReason")
+        if blocked and not error:
+            error = f"the prompt was blocked: {_message(blocked)}"
+        return Parsed([], 0, error)
+    malformed = 0
+    candidates = _as_list(candidates)
+    if candidates is None:
+        candidates, malformed = (), 1
+    tokens: list[Token] = []
+    unscored = 0
+    ended: tuple[int, ...] = ()
+    for position, candidate in enumerate(candidates):
+        cget = _reader(candidate)
+        if cget is None:
+            malformed += 1
+            continue
+        index = _index(cget(candidate, "index", None), position)
+        if index is None:
+            malformed += 1
+            continue
+        before = len(tokens)
+        bad = 0
+        result = cget(candidate, "logprobsResult", None)
+        if result is not None:
+            rget = _reader(result)
+            if rget is None:
+                bad = 1
+            else:
+                chosen = rget(result, "chosenCandidates", None)
+                if chosen is not None:
+                    bad = _gemini_tokens(index, chosen, rget(result, "topCandidates", None), tokens)
+        malformed += bad
+        if len(tokens) == before and not bad and _gemini_has_text(cget(candidate, "content", None)):
+            unscored += 1
+        finish = cget(candidate, "finishReason", None)
+        if finish and isinstance(finish, str):
+            ended += (index,)
+    return Parsed(tokens, unscored, error, ended, malformed)
+
+
+def _gemini_tokens(index: int, chosen: Any, tops: Any, tokens: list[Token]) -> int:
+    chosen = _as_list(chosen)
+    if chosen is None:
+        return 1
+    tops = _as_list(tops) or ()
+    malformed = 0
+    for j, c in enumerate(chosen):
+        cget = _reader(c)
+        if cget is None:
+            malformed += 1
+            continue
+        alternatives = _alternatives(_field(tops[j], "candidates"), "logProbability") if j < len(tops) else ()
+        tokens.append(make_token(index, _text(cget(c, "token", None)), cget(c, "logProbability", None), alternatives))
+    return malformed
+
+
+def _gemini_has_text(content: Any) -> bool:
+    for part in _as_list(_field(content, "parts")) or ():
+        if _text(_field(part, "text")):
+            return True
+    return False
 
 
 #: Every format, by the name reports use.
@@ -192,6 +626,7 @@ FORMATS: dict[str, Callable[[Any], Parsed]] = {
     "llamacpp-native": parse_llamacpp_native,
     "tgi": parse_tgi,
     "ollama": parse_ollama,
+    "gemini": parse_gemini,
 }
 
 
@@ -199,41 +634,54 @@ def detect_format(chunk: Any) -> str | None:
     """The name of the format a chunk is in, or None when the chunk does not tell.
 
     Some chunks fit any format (``{"choices": []}``, an error event); detection then
-    waits for the next one.
+    waits for the next one. Whole responses are told by the same marks as their chunks.
     """
-    get = _getter(chunk)
+    get = _reader(chunk)
+    if get is None:
+        return None
     choices = get(chunk, "choices", None)
     if choices is not None:
         obj = get(chunk, "object", None)
-        if obj == "chat.completion.chunk":
+        if obj == "chat.completion.chunk" or obj == "chat.completion":
             return "openai-chat"
         if obj == "text_completion":
             return "openai-completions"
-        for choice in choices:
+        for choice in _as_list(choices) or ():
+            cget = _reader(choice)
+            if cget is None:
+                continue
             # "message": a non-streamed answer reads the same way.
-            if get(choice, "delta", None) is not None or get(choice, "message", None) is not None:
+            if cget(choice, "delta", None) is not None or cget(choice, "message", None) is not None:
                 return "openai-chat"
-            if get(choice, "text", None) is not None:
+            if cget(choice, "text", None) is not None:
                 return "openai-completions"
         return None
     kind = get(chunk, "type", None)
     if isinstance(kind, str) and kind.startswith("response."):
         return "openai-responses"
-    if type(chunk) is not dict:
+    if get(chunk, "object", None) == "response":
+        return "openai-responses"
+    if not isinstance(chunk, dict):
         return None  # the remaining formats come only as decoded JSON
     if "completion_probabilities" in chunk or ("content" in chunk and "stop" in chunk):
         return "llamacpp-native"
-    if isinstance(chunk.get("token"), dict) or "top_tokens" in chunk:
+    if isinstance(chunk.get("token"), dict) or "top_tokens" in chunk or "generated_text" in chunk:
         return "tgi"
     if "done" in chunk and ("message" in chunk or "response" in chunk):
         return "ollama"
+    if isinstance(chunk.get("candidates"), list) or "promptFeedback" in chunk:
+        return "gemini"
     return None
 
 
 def parse_chunk(chunk: Any, fmt: str | None = None) -> Parsed:
-    """Tokens, unscored text and error of one chunk, in format ``fmt`` or the detected one."""
+    """Tokens, unscored text, error, end marks and malformed count of one chunk, in format
+    ``fmt`` or the detected one."""
     if fmt is None:
         fmt = detect_format(chunk)
         if fmt is None:
             return Parsed([], 0, error_message(chunk))
-    return FORMATS[fmt](chunk)
+    parser = FORMATS.get(fmt)
+    if parser is None:
+        raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return parser(chunk)

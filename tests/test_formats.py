@@ -15,6 +15,7 @@ import pytest
 from conftest import ALL_RECORDINGS, SHARED_RECORDINGS, chunks_of, ppl_of, recorded_logprobs, replay, sse
 from livepplx.errors import NoLogprobsError
 from livepplx.formats import detect_format, parse_chunk
+from livepplx.state import StreamState
 from livepplx.tokens import Status
 
 FORMAT_OF = {
@@ -55,7 +56,7 @@ def test_recordings_read_the_same_fed_a_few_bytes_at_a_time(recording: Path) -> 
     data = recording.read_bytes()
     whole = replay(data).summary()
     for size in (1, 7, 4096):
-        state = replay(b"")
+        state = StreamState()  # not replay(b""): that would finish an empty stream first
         for piece in chunks_of(data, size):
             state.handle(piece)
         state.finish()
@@ -63,7 +64,7 @@ def test_recordings_read_the_same_fed_a_few_bytes_at_a_time(recording: Path) -> 
 
 
 def test_recordings_read_line_by_line_as_text(recording: Path) -> None:
-    state = replay(b"")
+    state = StreamState()  # not replay(b""): that would finish an empty stream first
     for line in recording.read_text().splitlines():
         state.handle(line)  # as httpx's iter_lines() gives them: no newline
     state.finish()
@@ -288,8 +289,6 @@ def test_sdk_objects_parse_like_the_dicts_they_came_from(recording: Path) -> Non
     model = {"openai-chat": ChatCompletionChunk, "openai-completions": Completion}[FORMAT_OF[recording.stem]]
     dicts = [json.loads(line[5:]) for line in recording.read_text().splitlines()
              if line.startswith("data:") and "[DONE]" not in line]
-    from livepplx.state import StreamState
-
     from_dicts, from_objects = StreamState(), StreamState()
     for d in dicts:
         from_dicts.handle(d)
@@ -306,3 +305,322 @@ def test_sdk_responses_event_object() -> None:
         "logprobs": [{"token": "Hi", "logprob": -0.4, "top_logprobs": [{"token": "Hi", "logprob": -0.4}]}]})
     tokens = parse_chunk(event).tokens
     assert [(t.text, t.logprob, t.status) for t in tokens] == [("Hi", -0.4, Status.OK)]
+
+
+# -- the type rule: a wrong type anywhere is absent or malformed, never an exception ------------
+
+ENTRY = {"token": "a", "logprob": -0.5, "top_logprobs": [{"token": "a", "logprob": -0.5}, {"token": "b", "logprob": -1.5}]}
+A = (0, "a", "OK", -0.5, (-0.5, -1.5))  # what ENTRY reads as, for choice 0
+
+
+def chat(*choices: dict, **extra: object) -> dict:
+    return {"object": "chat.completion.chunk", "choices": list(choices), **extra}
+
+
+def choice(**fields: object) -> dict:
+    return {"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [ENTRY]}, "finish_reason": None, **fields}
+
+
+def brief(parsed: object) -> tuple:
+    """Everything a Parsed says, comparable (NaN logprobs as None)."""
+    tokens = [(t.choice, t.text, t.status.name, None if math.isnan(t.logprob) else t.logprob, t.alternatives)
+              for t in parsed.tokens]  # type: ignore[attr-defined]
+    return tokens, parsed.unscored, parsed.ended, parsed.malformed  # type: ignore[attr-defined]
+
+
+TYPE_RULE = [
+    # (id, format, chunk, tokens, unscored, ended, malformed)
+    ("choices-false", "openai-chat", chat() | {"choices": False}, [], 0, (), 1),
+    ("choices-object", "openai-chat", chat() | {"choices": {"a": 1}}, [], 0, (), 1),
+    ("choices-null", "openai-chat", chat() | {"choices": None}, [], 0, (), 0),
+    ("choice-entries-odd", "openai-chat", chat(5, "x", None, [], choice()), [A], 0, (), 4),
+    ("index-list", "openai-chat", chat(choice(index=[1])), [], 0, (), 1),
+    ("index-string", "openai-chat", chat(choice(index="1")), [], 0, (), 1),
+    ("index-true", "openai-chat", chat(choice(index=True)), [], 0, (), 1),
+    ("index-negative", "openai-chat", chat(choice(index=-1)), [], 0, (), 1),
+    ("index-float", "openai-chat", chat(choice(index=1.0)), [], 0, (), 1),
+    # index 0 beside "1": the "1" is malformed, never merged into choice 0
+    ("index-0-and-string-1", "openai-chat", chat(choice(), choice(index="1", finish_reason="stop")), [A], 0, (), 1),
+    ("index-absent-is-position", "openai-chat",
+     chat(choice(), {k: v for k, v in choice().items() if k != "index"}), [A, (1,) + A[1:]], 0, (), 0),
+    ("logprobs-string", "openai-chat", chat(choice(logprobs="x")), [], 0, (), 1),
+    ("logprobs-list", "openai-chat", chat(choice(logprobs=[1])), [], 0, (), 1),
+    ("logprobs-true", "openai-chat", chat(choice(logprobs=True)), [], 0, (), 1),
+    # Together streams a bare number: 5 is a positive logprob, skipped by the value policy
+    ("logprobs-number", "openai-chat", chat(choice(logprobs=5)), [(0, "a", "SKIPPED", None, ())], 0, (), 0),
+    ("content-object", "openai-chat", chat(choice(logprobs={"content": {"x": 1}})), [], 0, (), 1),
+    ("entries-odd", "openai-chat", chat(choice(logprobs={"content": [1, "x", None, [], ENTRY]})), [A], 0, (), 4),
+    ("top-logprobs-string", "openai-chat", chat(choice(logprobs={"content": [ENTRY | {"top_logprobs": "x"}]})),
+     [(0, "a", "OK", -0.5, ())], 0, (), 0),
+    ("top-logprobs-odd", "openai-chat",
+     chat(choice(logprobs={"content": [ENTRY | {"top_logprobs": [1, "x", None, [], {"logprob": "y"}, {"logprob": -2.0}]}]})),
+     [(0, "a", "OK", -0.5, (-2.0,))], 0, (), 0),
+    ("token-list", "openai-chat", chat(choice(logprobs={"content": [ENTRY | {"token": ["x"]}]})),
+     [(0, "", "OK", -0.5, (-0.5, -1.5))], 0, (), 0),
+    ("logprob-string", "openai-chat", chat(choice(logprobs={"content": [ENTRY | {"logprob": "-0.5"}]})),
+     [(0, "a", "SKIPPED", None, (-0.5, -1.5))], 0, (), 0),
+    ("delta-string", "openai-chat", chat(choice(delta="x", logprobs=None)), [], 0, (), 0),
+    ("delta-content-list", "openai-chat", chat(choice(delta={"content": ["x"]}, logprobs=None)), [], 0, (), 0),
+    ("finish-reason-number", "openai-chat", chat(choice(finish_reason=5)), [A], 0, (), 0),
+    ("finish-reason-empty", "openai-chat", chat(choice(finish_reason="")), [A], 0, (), 0),
+    ("chunk-list", "openai-chat", [chat(choice())], [], 0, (), 1),
+    ("chunk-number", "openai-chat", 5, [], 0, (), 1),
+    ("legacy-values-object", "openai-completions",
+     {"choices": [{"index": 0, "text": "a", "logprobs": {"token_logprobs": {"a": 1}}}]}, [], 0, (), 1),
+    ("legacy-tokens-number", "openai-completions",
+     {"choices": [{"index": 0, "text": "a", "logprobs": {"tokens": 5, "token_logprobs": [-0.5], "top_logprobs": ["x"]}}]},
+     [(0, "", "OK", -0.5, ())], 0, (), 0),
+    ("legacy-tops-odd", "openai-completions",
+     {"choices": [{"index": 0, "text": "a", "logprobs": {"tokens": [["a"]], "token_logprobs": [-0.5, "x"],
+                                                           "top_logprobs": [5, {"b": -1.0, "c": "x"}]}}]},
+     [(0, "", "OK", -0.5, ()), (0, "", "SKIPPED", None, (-1.0,))], 0, (), 0),
+    ("responses-logprobs-object", "openai-responses",
+     {"type": "response.output_text.delta", "delta": "a", "logprobs": {"x": 1}}, [], 0, (), 1),
+    ("responses-logprobs-empty-object", "openai-responses",
+     {"type": "response.output_text.delta", "delta": "a", "logprobs": {}}, [], 0, (), 1),
+    ("responses-type-list", "openai-responses", {"type": ["response.completed"]}, [], 0, (), 0),
+    ("responses-output-string", "openai-responses", {"object": "response", "status": "completed", "output": "x"},
+     [], 0, (0,), 1),
+    ("native-index-string", "llamacpp-native",
+     {"index": "0", "content": "a", "stop": False, "completion_probabilities": [ENTRY]}, [], 0, (), 1),
+    ("native-probabilities-string", "llamacpp-native",
+     {"content": "a", "stop": False, "completion_probabilities": "x"}, [], 0, (), 1),
+    ("native-entries-odd", "llamacpp-native",
+     {"content": "a", "stop": True, "completion_probabilities": [5, None, ENTRY]}, [A], 0, (0,), 2),
+    ("native-probs-string", "llamacpp-native",
+     {"content": "a", "stop": False, "completion_probabilities": [{"content": "a", "probs": "x"}]},
+     [(0, "a", "SKIPPED", None, ())], 0, (), 0),
+    ("native-stop-string", "llamacpp-native", {"content": "", "stop": "true"}, [], 0, (), 0),
+    ("tgi-token-string", "tgi", {"token": "x", "generated_text": None, "details": None}, [], 0, (), 1),
+    ("tgi-top-tokens-number", "tgi", {"token": {"text": "a", "logprob": -0.5}, "top_tokens": 5, "details": 5},
+     [(0, "a", "OK", -0.5, ())], 0, (), 0),
+    ("tgi-details-tokens-object", "tgi", {"generated_text": "a", "details": {"tokens": {"x": 1}}}, [], 0, (0,), 1),
+    ("ollama-logprobs-object", "ollama", {"message": {"content": "a"}, "done": False, "logprobs": {"x": 1}}, [], 0, (), 1),
+    ("ollama-logprobs-zero", "ollama", {"message": {"content": "a"}, "done": False, "logprobs": 0}, [], 0, (), 1),
+    ("ollama-done-string", "ollama", {"message": {"content": "a"}, "done": "true", "logprobs": [ENTRY]}, [A], 0, (), 0),
+    ("gemini-candidates-number", "gemini", {"candidates": 5}, [], 0, (), 1),
+    ("gemini-result-list", "gemini", {"candidates": [{"logprobsResult": [], "finishReason": "STOP"}]}, [], 0, (0,), 1),
+    ("gemini-chosen-string", "gemini", {"candidates": [{"logprobsResult": {"chosenCandidates": "x"}}]}, [], 0, (), 1),
+    ("gemini-index-string", "gemini",
+     {"candidates": [{"index": "0", "logprobsResult": {"chosenCandidates": [{"token": "a", "logProbability": -0.5}]}}]},
+     [], 0, (), 1),
+    ("gemini-top-odd", "gemini",
+     {"candidates": [{"logprobsResult": {"chosenCandidates": [{"token": "a", "logProbability": -0.5}, 7],
+                                         "topCandidates": [{"candidates": "x"}]}}]},
+     [(0, "a", "OK", -0.5, ())], 0, (), 1),
+]
+
+
+@pytest.mark.parametrize(("fmt", "chunk", "tokens", "unscored", "ended", "malformed"),
+                         [row[1:] for row in TYPE_RULE], ids=[row[0] for row in TYPE_RULE])
+def test_a_wrong_type_reads_as_absent_or_is_counted_malformed(
+        fmt: str, chunk: object, tokens: list, unscored: int, ended: tuple, malformed: int) -> None:
+    assert brief(parse_chunk(chunk, fmt)) == (tokens, unscored, ended, malformed)
+
+
+def test_the_statistics_so_far_are_kept_past_malformed_chunks() -> None:
+    good = chat(choice())
+    bad = [chat(choice(index="1")), chat(choice(index=[1])), chat(choice(logprobs={"content": "x"})),
+           chat(5, None), chat() | {"choices": False}, chat(choice(logprobs={"content": [ENTRY | {"token": ["x"]}]}))]
+    state = StreamState()
+    for chunk in [good, *bad, good, chat(choice(logprobs=None, delta={}, finish_reason="stop"))]:
+        state.handle(chunk)
+    state.finish()
+    summary = state.summary()
+    assert [c["index"] for c in summary["choices"]] == [0]  # nothing merged, nothing made of "1"
+    assert summary["tokens"] == 3 and state.text(0) == "aa"  # the token with a list for text counts, as ""
+    assert math.isclose(state.ppl, math.exp(0.5)) and summary["malformed"] == 6
+
+
+def test_sdk_objects_may_hold_plain_dicts_and_odd_values() -> None:
+    from openai.types.chat import ChatCompletionChunk
+
+    odd = chat(choice(logprobs={"content": [ENTRY, 5]}), choice(index=1, logprobs={"content": [ENTRY]}))
+    parsed = parse_chunk(ChatCompletionChunk.construct(**odd))  # the SDK object keeps the dicts as they came
+    assert brief(parsed) == ([A, (1,) + A[1:]], 0, (), 1)
+
+
+# -- every format says where it ends -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "chunk", "ended"), [
+    ("openai-chat", chat(choice(index=2, finish_reason="stop")), (2,)),
+    ("openai-chat", chat(choice(finish_reason="length"), choice(index=1, finish_reason=None)), (0,)),
+    ("openai-chat", chat(choice()), ()),
+    ("openai-completions", {"choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}]}, (0,)),
+    ("openai-responses", {"type": "response.completed", "response": {}}, (0,)),
+    ("openai-responses", {"type": "response.incomplete", "response": {}}, (0,)),
+    ("openai-responses", {"type": "response.done", "response": {}}, (0,)),
+    ("openai-responses", {"type": "response.output_text.done", "text": "a"}, ()),
+    ("llamacpp-native", {"index": 1, "content": "", "stop": True}, (1,)),
+    ("llamacpp-native", {"index": 0, "content": "a", "stop": False}, ()),
+    ("tgi", {"token": {"text": "a", "logprob": -0.5}, "generated_text": "a", "details": None}, (0,)),
+    ("tgi", {"token": {"text": "a", "logprob": -0.5}, "generated_text": None, "details": None}, ()),
+    ("ollama", {"message": {"content": ""}, "done": True}, (0,)),
+    ("ollama", {"message": {"content": "a"}, "done": False}, ()),
+    ("gemini", {"candidates": [{"content": {"parts": [{"text": "a"}]}}, {"index": 1, "finishReason": "MAX_TOKENS"}]}, (1,)),
+])
+def test_each_format_marks_its_end(fmt: str, chunk: dict, ended: tuple) -> None:
+    assert parse_chunk(chunk, fmt).ended == ended
+
+
+def test_a_failed_response_is_an_end_and_an_error() -> None:
+    parsed = parse_chunk({"type": "response.failed", "response": {"error": {"code": "server_error", "message": "boom"}}})
+    assert (parsed.ended, parsed.error) == ((0,), "boom")
+
+
+def test_every_recording_ends_with_its_own_end_mark(recording: Path) -> None:
+    chunks = [json.loads(line[5:]) for line in recording.read_text().splitlines()
+              if line.startswith("data:") and "[DONE]" not in line]
+    fmt = FORMAT_OF[recording.stem]
+    marks = [(i, parse_chunk(c, fmt).ended) for i, c in enumerate(chunks)]
+    ends = [(i, e) for i, e in marks if e]
+    assert len(ends) == 1 and ends[0][1] == (0,) and ends[0][0] >= len(chunks) - 2
+
+
+# -- formats that real users send (fixtures: tests/fixtures/README.md) --------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture_chunks(name: str) -> list:
+    """The decoded chunks of a fixture, read the plain way (not through livepplx's decoder)."""
+    text = (FIXTURES / name).read_text()
+    if name.endswith(".json"):
+        return [json.loads(text)]
+    if name.endswith(".ndjson"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and "[DONE]" not in line]
+
+
+@pytest.mark.parametrize(("name", "fmt"), [
+    ("gemini-generate.json", "gemini"), ("gemini-stream.sse", "gemini"),
+    ("llamacpp-old-completion.json", "llamacpp-native"), ("llamacpp-old-stream.sse", "llamacpp-native"),
+    ("llamacpp-server-native.json", "llamacpp-native"), ("responses.json", "openai-responses"),
+    ("tgi-generate.json", "tgi"), ("ollama-chat.json", "ollama"), ("together-chat.json", "openai-chat"),
+    ("together-chat-stream.sse", "openai-chat"), ("vllm-chat-legacy.json", "openai-chat"),
+    ("llamacpp-python-chat.json", "openai-chat"), ("llamacpp-python-completions.json", "openai-completions"),
+])
+def test_whole_answers_and_new_streams_are_detected_from_their_dicts(name: str, fmt: str) -> None:
+    assert detect_format(fixture_chunks(name)[0]) == fmt
+
+
+def old_llamacpp_reference(entry: dict) -> tuple[float, bool]:
+    """The sampled token's logprob in the older shape, and whether it was censored."""
+    probs = {p["tok_str"]: p["prob"] for p in reversed(entry["probs"])}
+    if entry["content"] in probs:
+        return math.log(probs[entry["content"]]), False
+    return math.log(min(probs.values())), True
+
+
+@pytest.mark.parametrize("name", ["llamacpp-old-stream.sse", "llamacpp-old-completion.json"])
+def test_older_llamacpp_probs_with_tok_str(name: str) -> None:
+    whole = fixture_chunks("llamacpp-old-completion.json")[0]
+    reference = [old_llamacpp_reference(e) for e in whole["completion_probabilities"]]
+    state = replay((FIXTURES / name).read_bytes())
+    stats = state.choice(0)
+    # The stream's last event repeats every token (older servers): they are not counted twice.
+    assert (state.format, stats.tokens) == ("llamacpp-native", 7)
+    assert stats.censored == sum(censored for _, censored in reference) == 1
+    assert math.isclose(stats.ppl, ppl_of([lp for lp, _ in reference]), rel_tol=1e-12)
+    assert state.text(0) == whole["content"] == " Paris. It is also the largest"
+    assert state.error is None and state.summary()["complete"]
+
+
+def test_older_llamacpp_token_outside_the_listed_is_censored_at_the_lowest() -> None:
+    entry = {"content": " also", "probs": [{"tok_str": " known", "prob": 0.4}, {"tok_str": " a", "prob": 0.1}]}
+    [token] = parse_chunk({"content": " also", "stop": False, "completion_probabilities": [entry]}).tokens
+    assert token.status is Status.CENSORED and token.logprob == math.log(0.1)
+
+
+def gemini_reference(response: dict) -> list[float]:
+    return [c["logProbability"] for cand in response["candidates"]
+            for c in cand["logprobsResult"]["chosenCandidates"]]
+
+
+@pytest.mark.parametrize("name", ["gemini-stream.sse", "gemini-generate.json"])
+def test_gemini_logprobs_result(name: str) -> None:
+    values = [v for chunk in fixture_chunks(name) for v in gemini_reference(chunk)]
+    state = replay((FIXTURES / name).read_bytes())
+    stats = state.choice(0)
+    assert (state.format, stats.tokens, stats.censored, stats.topk_positions) == ("gemini", 5, 0, 5)
+    assert math.isclose(stats.ppl, ppl_of(values), rel_tol=1e-12)
+    assert state.text(0) == "The sky is blue." and state.error is None and state.summary()["complete"]
+    # Gemini's own average agrees: its candidate-level avgLogprobs is the mean of the chosen.
+    average = fixture_chunks("gemini-generate.json")[0]["candidates"][0]["avgLogprobs"]
+    assert math.isclose(stats.ppl, math.exp(-average), rel_tol=1e-12)
+
+
+def test_gemini_unseen_value_is_censored_and_bounds_nothing() -> None:
+    unseen = -1.2676506e30
+    chunk = {"candidates": [{"logprobsResult": {
+        "chosenCandidates": [{"token": "x", "logProbability": unseen}, {"token": "y", "logProbability": 0}],
+        "topCandidates": [{"candidates": [{"token": "a", "logProbability": -0.2}, {"token": "b", "logProbability": -3.5},
+                                          {"token": "x", "logProbability": unseen}]},
+                          {"candidates": [{"token": "y", "logProbability": 0}, {"token": "c", "logProbability": unseen}]}]}}]}
+    first, second = parse_chunk(chunk).tokens
+    assert (first.status, first.logprob, first.alternatives) == (Status.CENSORED, -3.5, (-0.2, -3.5))
+    assert (second.status, second.logprob, second.alternatives) == (Status.OK, 0.0, (0,))
+
+
+def test_gemini_blocked_prompt_and_error() -> None:
+    assert parse_chunk({"promptFeedback": {"blockReason": "SAFETY"}}, "gemini").error == "the prompt was blocked: SAFETY"
+    state = replay(sse({"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}},
+                       done=False))
+    assert "Resource has been exhausted" in (state.error or "")
+
+
+def test_gemini_candidates_keep_their_own_index() -> None:
+    chunk = {"candidates": [{"index": 1, "logprobsResult": {"chosenCandidates": [{"token": "b", "logProbability": -2.0}]}},
+                            {"logprobsResult": {"chosenCandidates": [{"token": "c", "logProbability": -3.0}]}}]}
+    assert [(t.choice, t.text) for t in parse_chunk(chunk).tokens] == [(1, "b"), (1, "c")]
+
+
+def legacy_reference(name: str) -> list[float]:
+    values = []
+    for chunk in fixture_chunks(name):
+        for c in chunk["choices"]:
+            lp = c.get("logprobs")
+            if isinstance(lp, float):
+                values.append(lp)  # Together's stream: a bare number
+            else:
+                values += (lp or {}).get("token_logprobs") or []
+    return values
+
+
+@pytest.mark.parametrize("name", ["vllm-chat-legacy-stream.sse", "vllm-chat-legacy.json"])
+def test_chat_with_legacy_lists_and_a_positive_first_value(name: str) -> None:
+    values = legacy_reference(name)
+    assert values[0] > 0  # float rounding on the server: the policy skips it
+    state = replay((FIXTURES / name).read_bytes())
+    stats = state.choice(0)
+    assert (state.format, stats.tokens, stats.skipped, stats.topk_positions) == ("openai-chat", 6, 1, 6)
+    assert math.isclose(stats.ppl, ppl_of(values[1:]), rel_tol=1e-12)
+    assert state.text(0) == "▁▁Hello!▁It's▁nice" and state.summary()["complete"]  # the tokens as the server wrote them
+
+
+@pytest.mark.parametrize("name", ["together-chat-stream.sse", "together-chat.json"])
+def test_together_bare_number_stream_and_legacy_answer(name: str) -> None:
+    values = legacy_reference(name)
+    state = replay((FIXTURES / name).read_bytes())
+    assert (state.format, state.tokens) == ("openai-chat", 10)
+    assert math.isclose(state.ppl, ppl_of(values), rel_tol=1e-12)
+    assert state.text(0) == "New York City is a vibrant and diverse destination with"
+    assert state.error is None and state.summary()["complete"]
+
+
+@pytest.mark.parametrize(("stream", "whole"), [
+    ("gemini-stream.sse", "gemini-generate.json"), ("llamacpp-old-stream.sse", "llamacpp-old-completion.json"),
+    ("vllm-chat-legacy-stream.sse", "vllm-chat-legacy.json"), ("responses-stream.sse", "responses.json"), ("tgi-stream.sse", "tgi-generate.json"),
+    ("ollama-chat-stream.ndjson", "ollama-chat.json"),
+    ("../../livepplx/recordings/llamacpp-python-chat.sse", "llamacpp-python-chat.json"),
+    ("../../livepplx/recordings/llamacpp-python-completions.sse", "llamacpp-python-completions.json"),
+    ("../../livepplx/recordings/llamacpp-server-native.sse", "llamacpp-server-native.json"),
+    ("../recordings/llamacpp-server-native-probs.sse", "llamacpp-server-native-probs.json"),
+    ("../recordings/llamacpp-server-completions.sse", "llamacpp-server-completions.json"),
+], ids=lambda name: Path(name).stem)
+def test_a_whole_answer_replays_like_its_stream(stream: str, whole: str) -> None:
+    streamed = replay((FIXTURES / stream).read_bytes())
+    answered = replay((FIXTURES / whole).read_bytes())  # a pretty-printed JSON file, as `livepplx replay` gets it
+    assert answered.summary() == streamed.summary() and streamed.tokens > 0 and streamed.error is None
+    assert answered.text(0) == streamed.text(0)
