@@ -8,12 +8,21 @@
 ('openai-chat', 50, 10.16)
 """
 
-from .errors import LivepplxError, NoLogprobsError, StreamErrorEvent, StreamFormatError
+from .errors import (
+    CallbackError,
+    LivepplxError,
+    NoLogprobsError,
+    NotAStreamError,
+    ServerStreamError,
+    StreamErrorEvent,
+    StreamFormatError,
+    TooManyChoicesError,
+)
 from .formats import FORMATS, Parsed, detect_format, parse_chunk
 from .monitor import AsyncMonitoredStream, MonitoredStream, amonitor, monitor
 from .recordings import RECORDINGS, recording_path
 from .sse import Event, StreamDecoder
-from .state import Stop, StreamState
+from .state import Listener, MonitorOptions, Stop, StreamState
 from .stats import ChoiceStats
 from .tokens import Status, Token, make_token
 from .triggers import (
@@ -72,6 +81,12 @@ __all__ = [
     "Status",
     "StreamDecoder",
     "StreamErrorEvent",
+    "ServerStreamError",
+    "CallbackError",
+    "NotAStreamError",
+    "TooManyChoicesError",
+    "MonitorOptions",
+    "Listener",
     "StreamFormatError",
     "StreamState",
     "Token",

@@ -14,8 +14,9 @@ tenacity up to that point, never after: a half-read answer is not silently resta
 
 from __future__ import annotations
 
+import datetime
 import email.utils
-import inspect
+import math
 import time
 from typing import Any, Literal
 
@@ -23,13 +24,12 @@ import openai
 import tenacity
 
 from .monitor import AsyncMonitoredStream, MonitoredStream, _Monitored
-from .state import StreamState
+from .state import OPTION_NAMES, MonitorOptions, StreamState, make_options
 
 __all__ = ["stream", "astream", "build_request", "retryable", "wait_retry_after", "Endpoint"]
 
 Endpoint = Literal["chat", "completions", "responses"]
 
-_MONITOR_OPTIONS = frozenset(inspect.signature(StreamState).parameters) - {"request"}
 #: Never wait longer than this for a server's Retry-After.
 MAX_RETRY_AFTER = 60.0
 
@@ -75,25 +75,40 @@ def retryable(error: BaseException) -> bool:
     return False
 
 
+def _seconds(text: str) -> float | None:
+    """A count of seconds, or None: "soon", "nan", "-3" and "inf" are no hint."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value < math.inf else None
+
+
 def _retry_after(error: BaseException | None) -> float | None:
+    """The server's hint, in seconds: ``retry-after-ms``, or ``Retry-After`` as seconds or an
+    HTTP date; anything else (a word, NaN, a negative number, a malformed date) is no hint."""
     response = getattr(error, "response", None)
     headers = getattr(response, "headers", None)
     if not headers:
         return None
     ms = headers.get("retry-after-ms")
     if ms is not None:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
+        value = _seconds(ms)
+        if value is not None:
+            return value / 1000
+    text = headers.get("retry-after")
+    if not text:
         return None
+    value = _seconds(text)
+    if value is not None:
+        return value
     try:
-        return float(value)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a date without a zone is read as such
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class wait_retry_after(tenacity.wait.wait_base):
@@ -110,11 +125,21 @@ class wait_retry_after(tenacity.wait.wait_base):
         return self.fallback(retry_state)
 
 
-def _split(endpoint: Endpoint, kwargs: dict[str, Any], top_logprobs: int, include_usage: bool) -> tuple[dict, dict]:
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in _MONITOR_OPTIONS}
-    request = build_request(endpoint, kwargs, top_logprobs, include_usage)
-    options["request"] = request
-    return request, options
+def _split(
+    endpoint: Endpoint, request: dict[str, Any] | None, options: MonitorOptions | None, kwargs: dict[str, Any],
+    top_logprobs: int, include_usage: bool,
+) -> tuple[dict[str, Any], MonitorOptions]:
+    """The request to send and the monitor's options, kept apart.
+
+    Keyword names that are monitor options (:class:`MonitorOptions`' fields) go to the
+    monitor; every other keyword is the request's, sent as it is. A request given whole as
+    ``request={...}`` is never searched for options.
+    """
+    monitor_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES}
+    if request is not None and kwargs:
+        raise TypeError(f"give the request either as request={{...}} or as keywords, not both (got {', '.join(kwargs)})")
+    body = dict(request if request is not None else kwargs)
+    return build_request(endpoint, body, top_logprobs, include_usage), make_options(options, monitor_kw)
 
 
 def _create(client: Any, endpoint: Endpoint, attempts: int) -> Any:
@@ -152,6 +177,9 @@ def stream(
     include_usage: bool = True,
     attempts: int = 4,
     wait: tenacity.wait.wait_base | None = None,
+    idle_timeout: float | None = None,
+    options: MonitorOptions | None = None,
+    request: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> MonitoredStream[Any]:
     """Open a monitored stream on an ``OpenAI`` client (or any OpenAI-compatible server).
@@ -164,14 +192,20 @@ def stream(
         attempts: tries in all before the first token (default 4; 1 disables retrying).
         wait: tenacity wait between tries when the server gives no ``Retry-After``
             (default exponential from 0.5 s to 8 s, plus up to 0.5 s of jitter).
-        **kwargs: the request (``model``, ``messages``, ...) and the monitor's options
-            (``stop_above``, ``triggers``, ``window``, ...: see :func:`livepplx.monitor`).
+        idle_timeout: seconds without a chunk before the stream is stopped (see
+            :func:`livepplx.monitor`); the client's own ``timeout`` still bounds each read.
+        options: the monitor's :class:`~livepplx.state.MonitorOptions`.
+        request: the request as one dict (``{"model": ..., "messages": ...}``), kept apart
+            from the monitor's keywords.
+        **kwargs: or the request as keywords (``model``, ``messages``, ...); a keyword that
+            names a monitor option (``stop_above``, ``triggers``, ``window``, ``listeners``,
+            ...: the fields of :class:`~livepplx.state.MonitorOptions`) goes to the monitor.
     """
-    request, options = _split(endpoint, kwargs, top_logprobs, include_usage)
+    body, opts = _split(endpoint, request, options, kwargs, top_logprobs, include_usage)
     create = _create(client, endpoint, attempts)
     for attempt in tenacity.Retrying(**_retrying_kwargs(attempts, wait)):
         with attempt:
-            monitored = MonitoredStream(create(**request), StreamState(**options))
+            monitored = MonitoredStream(create(**body), StreamState(opts, request=body), idle_timeout)
             try:
                 monitored.prefetch(_first_text)
             except BaseException:
@@ -188,14 +222,18 @@ async def astream(
     include_usage: bool = True,
     attempts: int = 4,
     wait: tenacity.wait.wait_base | None = None,
+    idle_timeout: float | None = None,
+    options: MonitorOptions | None = None,
+    request: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> AsyncMonitoredStream[Any]:
-    """:func:`stream` for an ``AsyncOpenAI`` client: ``s = await livepplx.astream(client, ...)``."""
-    request, options = _split(endpoint, kwargs, top_logprobs, include_usage)
+    """:func:`stream` for an ``AsyncOpenAI`` client: ``s = await livepplx.astream(client, ...)``;
+    ``async def`` callbacks and escalations are awaited."""
+    body, opts = _split(endpoint, request, options, kwargs, top_logprobs, include_usage)
     create = _create(client, endpoint, attempts)
     async for attempt in tenacity.AsyncRetrying(**_retrying_kwargs(attempts, wait)):
         with attempt:
-            monitored = AsyncMonitoredStream(await create(**request), StreamState(**options))
+            monitored = AsyncMonitoredStream(await create(**body), StreamState(opts, request=body), idle_timeout)
             try:
                 await monitored.prefetch(_first_text)
             except BaseException:

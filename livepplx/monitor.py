@@ -4,7 +4,8 @@
 ``httpx.Response``, or any iterable of chunks, dicts or raw SSE lines/bytes;
 :func:`amonitor` does the same for ``AsyncStream`` and async iterables. All the
 logic is in :class:`~livepplx.state.StreamState`; the two wrappers only move
-chunks and close the source, so sync and async cannot drift apart.
+chunks, close the source and run what the state made due, so sync and async cannot
+drift apart.
 
 >>> from livepplx.recordings import recording_path
 >>> with monitor(open(recording_path("llamacpp-python-chat"), "rb"), stop_above=8.0) as m:
@@ -12,13 +13,30 @@ chunks and close the source, so sync and async cannot drift apart.
 ...         pass
 >>> m.stopped, round(m.ppl, 2)
 (Stop(reason='ppl above 8', choice=0, at_token=11), 8.35)
+
+Close first, then act: when a trigger stops the stream, the wrapper closes the source
+(the HTTP response, so the server stops generating) before any callback runs, then runs
+every ``call`` of that chunk, then every ``escalate``, then hands on the chunk that
+crossed and ends. A trigger that does not stop has its ``call`` run after its chunk was
+counted, before that chunk is handed on. Under :func:`amonitor` an ``async def`` callback
+is awaited.
+
+Timeouts: the HTTP client's own timeout bounds each socket read (the openai SDK's
+default is 600 s, retried twice); ``idle_timeout`` bounds the time between two chunks
+of the stream, whatever the client, and stops the stream with the reason
+``"idle timeout"`` and :attr:`~livepplx.state.StreamState.error` set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import math
+import queue
+import threading
 from collections import deque
 from typing import (
+    TYPE_CHECKING,
     Any,
     AsyncGenerator,
     AsyncIterable,
@@ -32,10 +50,15 @@ from typing import (
     cast,
 )
 
-from .errors import StreamErrorEvent
-from .state import Stop, StreamState
+from .errors import CallbackError, NotAStreamError, ServerStreamError, StreamFormatError
+from .state import Due, MonitorOptions, Stop, StreamState
 from .stats import ChoiceStats
 from .triggers import TriggerEvent
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .state import MonitorKeywords
 
 __all__ = ["monitor", "amonitor", "MonitoredStream", "AsyncMonitoredStream"]
 
@@ -47,30 +70,136 @@ def _is_response(stream: Any) -> bool:
     return hasattr(stream, "iter_bytes") and hasattr(stream, "status_code") and not hasattr(stream, "__iter__")
 
 
-class _Monitored:
-    """What the sync and async wrappers share: the state, and the rules after each chunk."""
+def _check_is_stream(stream: Any) -> None:
+    """A whole response is not a stream: iterating a dict or a pydantic model gives its keys."""
+    whole = isinstance(stream, dict) or (
+        hasattr(stream, "model_dump") and any(hasattr(stream, name) for name in ("choices", "output", "candidates"))
+        and not hasattr(stream, "__next__") and not hasattr(stream, "__anext__"))
+    if whole:
+        kind = stream.get("object") if isinstance(stream, dict) else getattr(stream, "object", None)
+        raise NotAStreamError(
+            f"monitor() reads a stream, and this is a whole {kind or type(stream).__name__} response: "
+            "score it with livepplx.score(response), or ask for stream=True"
+        )
 
-    def __init__(self, stream: Any, state: StreamState) -> None:
+
+def _check_idle_timeout(seconds: float | None) -> None:
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not 0 < seconds < math.inf):
+        raise ValueError(f"idle_timeout must be a positive number of seconds, or None; got {seconds!r}")
+
+
+class _IdleTimeout(Exception):
+    """No chunk came within the idle timeout."""
+
+
+def _idle_limited(source: Iterable[Any], seconds: float) -> Iterator[Any]:
+    """Iterate ``source`` on a helper thread, one item at a time (never ahead of the
+    consumer), raising :class:`_IdleTimeout` when an item takes longer than ``seconds``.
+
+    A blocking read cannot be interrupted from its own thread; closing the source from
+    this one (the wrapper does) makes the helper's read fail, and the thread ends.
+    """
+    wanted = threading.Semaphore(0)
+    results: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+    it = iter(source)
+    finished = threading.Event()
+
+    def pump() -> None:
+        while True:
+            wanted.acquire()
+            if finished.is_set():
+                return
+            try:
+                results.put((0, next(it)))
+            except StopIteration:
+                results.put((1, None))
+                return
+            except BaseException as e:  # handed over to the consumer's thread
+                results.put((2, e))
+                return
+
+    threading.Thread(target=pump, daemon=True, name="livepplx-idle-reader").start()
+    try:
+        while True:
+            wanted.release()
+            try:
+                kind, item = results.get(timeout=seconds)
+            except queue.Empty:
+                raise _IdleTimeout from None
+            if kind == 1:
+                return
+            if kind == 2:
+                raise item
+            yield item
+    finally:
+        finished.set()
+        wanted.release()
+
+
+async def _aidle_limited(source: AsyncIterable[Any], seconds: float) -> AsyncIterator[Any]:
+    it = source.__aiter__()
+    while True:
+        try:
+            item = await asyncio.wait_for(it.__anext__(), seconds)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise _IdleTimeout from None
+        yield item
+
+
+class _Monitored:
+    """What the sync and async wrappers share: the state, and the rules around each chunk."""
+
+    def __init__(self, stream: Any, state: StreamState, idle_timeout: float | None) -> None:
+        _check_is_stream(stream)
+        _check_idle_timeout(idle_timeout)
         #: the wrapped stream, as given
         self.stream = stream
         #: the live statistics and trigger state (I/O-free)
         self.state = state
+        self.idle_timeout = idle_timeout
         self._closed = False
         self._head: deque[Any] = deque()  # chunks read ahead by prefetch(), served first
 
-    def _after_chunk(self) -> bool:
-        """True when iteration should end now; raises on a server's error event."""
-        if self.state.stopped is not None:
-            return True
-        if self.state.error is not None:
-            raise StreamErrorEvent(f"the server sent an error mid-stream: {self.state.error}")
-        return False
+    def _check_server_error(self) -> None:
+        if self.state.server_error is not None:
+            raise ServerStreamError(f"the server sent an error mid-stream: {self.state.server_error}")
+
+    def _ended(self) -> None:
+        """The source ran out: judge the whole stream; raise what the caller must see."""
+        self.state.finish()
+        self._check_server_error()
+        if self.state.format is None and self.state.chunks:
+            raise StreamFormatError(self.state.error)
+        # A truncated stream is recorded (error, truncated), not raised: the transport
+        # already ended the iteration, as the SDKs do, and the statistics stand.
+
+    def _idle(self) -> None:
+        seconds = self.idle_timeout
+        self.state.stop("idle timeout")
+        self.state.fail(f"no chunk came for {seconds:g} s (idle_timeout); the statistics cover what was read")
 
     def _failed(self, error: BaseException) -> None:
         # Keep the statistics and say what ended the stream; the error still reaches the caller.
         # Ctrl-C and generator cleanup are not errors of the stream.
-        if self.state.error is None and isinstance(error, Exception):
-            self.state.error = str(error) or type(error).__name__
+        if isinstance(error, Exception):
+            self.state.fail(str(error) or type(error).__name__)
+
+    def _callback_error(self, due: Due, error: BaseException) -> CallbackError:
+        message = f"the {due.kind} of trigger {due.trigger.name!r} raised {type(error).__name__}: {error}"
+        self.state.fail(message)
+        return CallbackError(message)
+
+    def _not_awaited(self, due: Due, result: Any) -> CallbackError:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # a coroutine never awaited would warn at garbage collection
+        message = (f"the {due.kind} of trigger {due.trigger.name!r} is async: use amonitor() or astream(), "
+                   "which await it, or give a plain function")
+        self.state.fail(message)
+        return CallbackError(message)
 
     def stop(self, reason: str = "stopped by the caller", choice: int = 0) -> None:
         """Stop at the next chunk: the source is closed and iteration ends without an error."""
@@ -125,25 +254,49 @@ class MonitoredStream(_Monitored, Generic[T]):
     source, which closes the HTTP response so the server stops generating.
     """
 
-    def __init__(self, stream: Iterable[T], state: StreamState) -> None:
-        super().__init__(stream, state)
-        self._source: Iterable[Any] = cast(Any, stream).iter_bytes() if _is_response(stream) else stream
+    def __init__(self, stream: Iterable[T], state: StreamState, idle_timeout: float | None = None) -> None:
+        super().__init__(stream, state, idle_timeout)
+        source: Iterable[Any] = cast(Any, stream).iter_bytes() if _is_response(stream) else stream
+        if isinstance(source, (bytes, bytearray, str)):
+            source = cast(Iterable[Any], (source,))  # a whole capture: one chunk, not its characters one by one
+        self._source = _idle_limited(source, idle_timeout) if idle_timeout is not None else source
         self._chunks: Generator[T, None, None] = self._iterate()
 
     def _iterate(self) -> Generator[T, None, None]:
+        state = self.state
         try:
-            for chunk in self._source:
-                self.state.handle(chunk)
-                yield chunk
-                if self._after_chunk():
-                    return
-            self.state.finish()
-            self._after_chunk()
+            try:
+                for chunk in self._source:
+                    state.handle(chunk)
+                    if state.stopped is not None:
+                        self.close()  # close first: the server stops before any callback runs
+                        self._run(state.take_due())
+                        yield chunk
+                        return
+                    if state.due:
+                        self._run(state.take_due())
+                    self._check_server_error()
+                    yield chunk
+                    if state.stopped is not None:  # stop() was called while the caller held the chunk
+                        return
+            except _IdleTimeout:
+                self._idle()
+                return
+            self._ended()
         except BaseException as e:
             self._failed(e)
             raise
         finally:
             self.close()
+
+    def _run(self, due: list[Due]) -> None:
+        for d in due:
+            try:
+                result = d.function(d.argument)
+            except Exception as e:
+                raise self._callback_error(d, e) from e
+            if inspect.isawaitable(result):
+                raise self._not_awaited(d, result)
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -169,7 +322,13 @@ class MonitoredStream(_Monitored, Generic[T]):
         try:
             close = getattr(self.stream, "close", None)
             if close is not None:
-                close()
+                try:
+                    close()
+                except ValueError:
+                    # A generator still running on the idle reader's thread cannot be
+                    # closed from here; that thread ends when the generator next yields.
+                    if self.idle_timeout is None:
+                        raise
         finally:
             self.state.end()
 
@@ -188,25 +347,47 @@ class AsyncMonitoredStream(_Monitored, Generic[T]):
     the source's close, so the server stops generating.
     """
 
-    def __init__(self, stream: AsyncIterable[T], state: StreamState) -> None:
-        super().__init__(stream, state)
-        self._source: AsyncIterable[Any] = cast(Any, stream).aiter_bytes() if _is_response(stream) else stream
+    def __init__(self, stream: AsyncIterable[T], state: StreamState, idle_timeout: float | None = None) -> None:
+        super().__init__(stream, state, idle_timeout)
+        source: AsyncIterable[Any] = cast(Any, stream).aiter_bytes() if _is_response(stream) else stream
+        self._source = _aidle_limited(source, idle_timeout) if idle_timeout is not None else source
         self._chunks: AsyncGenerator[T, None] = self._iterate()
 
     async def _iterate(self) -> AsyncGenerator[T, None]:
+        state = self.state
         try:
-            async for chunk in self._source:
-                self.state.handle(chunk)
-                yield chunk
-                if self._after_chunk():
-                    return
-            self.state.finish()
-            self._after_chunk()
+            try:
+                async for chunk in self._source:
+                    state.handle(chunk)
+                    if state.stopped is not None:
+                        await self.close()  # close first: the server stops before any callback runs
+                        await self._run(state.take_due())
+                        yield chunk
+                        return
+                    if state.due:
+                        await self._run(state.take_due())
+                    self._check_server_error()
+                    yield chunk
+                    if state.stopped is not None:
+                        return
+            except _IdleTimeout:
+                self._idle()
+                return
+            self._ended()
         except BaseException as e:
             self._failed(e)
             raise
         finally:
             await self.close()
+
+    async def _run(self, due: list[Due]) -> None:
+        for d in due:
+            try:
+                result = d.function(d.argument)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as e:
+                raise self._callback_error(d, e) from e
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -246,26 +427,42 @@ class AsyncMonitoredStream(_Monitored, Generic[T]):
         await self.close()
 
 
-def monitor(stream: Iterable[T], **options: Any) -> MonitoredStream[T]:
+def monitor(
+    stream: Iterable[T], options: MonitorOptions | None = None, *, idle_timeout: float | None = None,
+    request: dict[str, Any] | None = None, **keywords: Unpack[MonitorKeywords],
+) -> MonitoredStream[T]:
     """Wrap a stream and watch its perplexity live; the chunks pass through unchanged.
 
     Args:
         stream: an openai ``Stream``, an ``httpx.Response``, or any iterable of chunks
             (SDK objects, dicts), raw SSE/NDJSON ``bytes``, or text lines.
-        **options: those of :class:`~livepplx.state.StreamState`: ``window``,
-            ``ema_alpha``, ``group_window``, ``vocab_size``, ``text_limit``,
+        options: a :class:`~livepplx.state.MonitorOptions`; or give its fields as keywords:
+            ``window``, ``ema_alpha``, ``group_window``, ``vocab_size``, ``text_limit``,
             ``triggers``, ``stop_above``, ``min_tokens`` (default 8),
-            ``on_missing_logprobs`` (default ``"raise"``), ``missing_after``, ``request``.
+            ``on_missing_logprobs`` (default ``"raise"``), ``missing_after``,
+            ``max_choices``, ``listeners``.
+        idle_timeout: seconds to wait for the next chunk before stopping the stream
+            (default None: the HTTP client's own read timeout is the only bound).
+        request: the request the stream was opened with, handed to escalations.
 
     Stopping (by ``stop_above``, a trigger with ``stop=True`` or ``escalate``, or
     :meth:`MonitoredStream.stop`) closes the source and ends iteration without an
     error; the statistics stay readable. In an ``n > 1`` stream a stop stops every
     choice: they share one HTTP response.
+
+    Raises (named, with the statistics so far kept): :class:`~livepplx.errors.NoLogprobsError`,
+    :class:`~livepplx.errors.ServerStreamError`, :class:`~livepplx.errors.StreamFormatError`
+    (not a stream livepplx can read), :class:`~livepplx.errors.CallbackError`,
+    :class:`~livepplx.errors.NotAStreamError` (a whole response: use :func:`livepplx.score`).
+    A stream that ends without its end is not raised: ``m.state.truncated`` and ``m.error`` say so.
     """
-    return MonitoredStream(stream, StreamState(**options))
+    return MonitoredStream(stream, StreamState(options, request=request, **keywords), idle_timeout)
 
 
-def amonitor(stream: AsyncIterable[T], **options: Any) -> AsyncMonitoredStream[T]:
+def amonitor(
+    stream: AsyncIterable[T], options: MonitorOptions | None = None, *, idle_timeout: float | None = None,
+    request: dict[str, Any] | None = None, **keywords: Unpack[MonitorKeywords],
+) -> AsyncMonitoredStream[T]:
     """:func:`monitor` for an ``AsyncStream``, an ``httpx.Response`` read asynchronously,
-    or any async iterable."""
-    return AsyncMonitoredStream(stream, StreamState(**options))
+    or any async iterable; ``async def`` callbacks and escalations are awaited."""
+    return AsyncMonitoredStream(stream, StreamState(options, request=request, **keywords), idle_timeout)

@@ -11,32 +11,48 @@ drive this one object, so they cannot disagree.
 >>> _ = state.handle("")          # the blank line that ends the SSE event
 >>> state.format, state.tokens, round(state.ppl, 4)
 ('openai-chat', 1, 1.6487)
+
+The state never runs a trigger's callback itself: it records what fired, and whoever
+drives it (:func:`~livepplx.monitor`, the CLI) closes the source first when the stream
+was stopped, then runs what :meth:`StreamState.take_due` hands over. Reading rules
+(the README's "What livepplx reads, and what it refuses"):
+
+* A stream is *complete* when its own end was read: ``[DONE]``, a ``finish_reason`` (or
+  its format's end event) for every choice that appeared. One that just stops is
+  *truncated*: :attr:`StreamState.error` says so and the statistics cover what was read.
+* A stream none of whose chunks is in a known format is an error ("not a stream livepplx
+  can read"), not "0 tokens"; one whose every token was skipped has "no logprobs".
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypedDict
 
-from .errors import NoLogprobsError, StreamFormatError
-from .formats import FORMATS, detect_format, error_message
+from .errors import NoLogprobsError, StreamFormatError, TooManyChoicesError
+from .formats import FORMATS, Parsed, detect_format, error_message
 from .sse import StreamDecoder
 from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
 from .tokens import SKIPPED, Token
-from .triggers import Escalation, Trigger, TriggerEvent, min_tokens, ppl_above
+from .triggers import Armed, Escalation, Trigger, TriggerEvent, min_tokens, ppl_above
+from .triggers import _no_callback as _no_call
 
-__all__ = ["StreamState", "Stop", "Listener", "stop_above_trigger"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["StreamState", "MonitorOptions", "MonitorKeywords", "Stop", "Listener", "Due", "stop_above_trigger"]
 
 MissingPolicy = Literal["raise", "warn", "ignore"]
+TokenHook = Callable[[Token, ChoiceStats], None]
 
 
 @dataclass(frozen=True)
 class Stop:
     """Why a stream was stopped."""
 
-    #: the trigger's name, or why else it stopped (e.g. "interrupted")
+    #: the trigger's name, or why else it stopped (e.g. "interrupted", "idle timeout")
     reason: str
     #: the choice whose statistics crossed
     choice: int
@@ -50,6 +66,7 @@ class Stop:
 class Listener:
     """Told of a stream's life, never of each token (so it costs nothing per token).
 
+    Listeners are told inline, as the state records each thing: they must not block.
     Subclass and override what you need; :mod:`livepplx.otel` is one.
     """
 
@@ -72,85 +89,208 @@ def stop_above_trigger(limit: float, warmup: int = 8) -> Trigger:
     return Trigger(ppl_above(limit) & min_tokens(warmup), stop=True, name=f"ppl above {limit:g}")
 
 
-class StreamState:
-    """Per-choice statistics of one stream, fed chunk by chunk. Does no I/O.
+def _whole(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high:,}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be a whole number {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    """How one stream is watched: every option of :class:`StreamState`, checked once.
 
     Args:
         window: tokens in the windowed perplexity (default 64).
         ema_alpha: weight of the newest token in the moving perplexity (default ``2/(window+1)``).
         group_window: tokens in DeepConf's group confidence (default 2048).
-        vocab_size: the model's vocabulary size, for the entropy upper bound.
+        vocab_size: the model's vocabulary size, for the entropy upper bound only; a
+            per-model setting (default 262,144, Gemma 3's).
         text_limit: characters of each choice's text kept for callbacks and views: the
             last 8192 by default, so memory stays bounded; ``None`` keeps all of it.
-        triggers: :class:`Trigger` objects checked after every token of every choice.
+        triggers: :class:`Trigger` objects checked after every counted token of every choice.
         stop_above: shortcut for a trigger that stops once any choice's running PPL
             exceeds this after ``min_tokens`` tokens.
         min_tokens: the warm-up of ``stop_above`` (default 8).
         on_missing_logprobs: what to do when ``missing_after`` chunks of text arrived and
             not one logprob: ``"raise"`` :class:`NoLogprobsError` (default), ``"warn"``, ``"ignore"``.
         missing_after: how many chunks of text without logprobs prove the endpoint drops them (default 3).
-        request: the request the stream was opened with, handed to escalation callbacks.
+        max_choices: distinct choice indexes one stream may name (default 256; each costs
+            about 17 kB); past it, :class:`~livepplx.errors.TooManyChoicesError`.
         listeners: objects told of the stream's life (:class:`Listener`): telemetry, for one.
     """
 
+    window: int = 64
+    ema_alpha: float | None = None
+    group_window: int = 2048
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    text_limit: int | None = 8192
+    triggers: tuple[Trigger, ...] = ()
+    stop_above: float | None = None
+    min_tokens: int = 8
+    on_missing_logprobs: MissingPolicy = "raise"
+    missing_after: int = 3
+    max_choices: int = 256
+    listeners: tuple[Listener, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Lists are welcome as arguments; the options stay immutable.
+        object.__setattr__(self, "triggers", tuple(self.triggers))
+        object.__setattr__(self, "listeners", tuple(self.listeners))
+        for t in self.triggers:
+            if not isinstance(t, Trigger):
+                raise TypeError(f"triggers must be Trigger objects, got {t!r}: wrap a condition as Trigger(condition, ...)")
+        if self.on_missing_logprobs not in ("raise", "warn", "ignore"):
+            raise ValueError(f"on_missing_logprobs must be 'raise', 'warn' or 'ignore', got {self.on_missing_logprobs!r}")
+        _whole("min_tokens", self.min_tokens, 0)
+        _whole("missing_after", self.missing_after, 1)
+        _whole("max_choices", self.max_choices, 1, 1 << 16)
+        if self.text_limit is not None:
+            _whole("text_limit", self.text_limit, 0)
+        if self.stop_above is not None:
+            stop_above_trigger(self.stop_above)  # a number, or the trigger's own error
+        ChoiceStats(**self.stats_options())  # window, group_window, ema_alpha, vocab_size: checked now
+
+    def stats_options(self) -> dict[str, Any]:
+        return {"window": self.window, "ema_alpha": self.ema_alpha, "group_window": self.group_window,
+                "vocab_size": self.vocab_size}
+
+
+class MonitorKeywords(TypedDict, total=False):
+    """The fields of :class:`MonitorOptions`, as typed keyword arguments."""
+
+    window: int
+    ema_alpha: float | None
+    group_window: int
+    vocab_size: int
+    text_limit: int | None
+    triggers: Iterable[Trigger]
+    stop_above: float | None
+    min_tokens: int
+    on_missing_logprobs: MissingPolicy
+    missing_after: int
+    max_choices: int
+    listeners: Iterable[Listener]
+
+
+#: The names of every monitor option (what :func:`livepplx.stream` keeps apart from the request).
+OPTION_NAMES = frozenset(f.name for f in fields(MonitorOptions))
+
+
+def make_options(options: MonitorOptions | None, keywords: dict[str, Any]) -> MonitorOptions:
+    """``options`` with ``keywords`` laid over it; an unknown name is a TypeError that lists the known ones."""
+    unknown = set(keywords) - OPTION_NAMES
+    if unknown:
+        raise TypeError(f"unknown monitor option(s) {', '.join(sorted(unknown))}; the options are {', '.join(sorted(OPTION_NAMES))}")
+    base = options if options is not None else MonitorOptions()
+    return replace(base, **keywords) if keywords else base
+
+
+@dataclass(frozen=True)
+class Due:
+    """A callback or escalation that a trigger's firing made due; the driver runs it."""
+
+    trigger: Trigger
+    #: ``"call"`` or ``"escalate"``
+    kind: str
+    #: the callback itself
+    function: Callable[[Any], Any]
+    #: what it is called with: a :class:`TriggerEvent`, or an :class:`Escalation`
+    argument: Any
+
+
+def _snippet(chunk: Any, limit: int = 80) -> str:
+    """What an unreadable chunk looked like, short and safe to print (repr escapes controls)."""
+    if isinstance(chunk, dict):
+        text = "{" + ", ".join(repr(k)[:40] for k in list(chunk)[:8]) + (", ..." if len(chunk) > 8 else "") + "}"
+    else:
+        text = f"{type(chunk).__name__} {chunk!r}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class StreamState:
+    """Per-choice statistics of one stream, fed chunk by chunk. Does no I/O.
+
+    Takes a :class:`MonitorOptions`, or its fields as keywords (``StreamState(stop_above=20)``),
+    and ``request``: the request the stream was opened with, handed to escalations.
+    """
+
     def __init__(
-        self,
-        *,
-        window: int = 64,
-        ema_alpha: float | None = None,
-        group_window: int = 2048,
-        vocab_size: int = DEFAULT_VOCAB_SIZE,
-        text_limit: int | None = 8192,
-        triggers: Iterable[Trigger] = (),
-        stop_above: float | None = None,
-        min_tokens: int = 8,
-        on_missing_logprobs: MissingPolicy = "raise",
-        missing_after: int = 3,
-        request: dict[str, Any] | None = None,
-        listeners: Iterable[Listener] = (),
+        self, options: MonitorOptions | None = None, *, request: dict[str, Any] | None = None,
+        **keywords: Unpack[MonitorKeywords],
     ) -> None:
-        if on_missing_logprobs not in ("raise", "warn", "ignore"):
-            raise ValueError(f"on_missing_logprobs must be 'raise', 'warn' or 'ignore', got {on_missing_logprobs!r}")
-        self._stats_options: dict[str, Any] = dict(window=window, ema_alpha=ema_alpha, group_window=group_window, vocab_size=vocab_size)
-        ChoiceStats(**self._stats_options)  # check the options now, not at the first token
-        self.text_limit = text_limit
+        self.options = opts = make_options(options, dict(keywords))
+        self._stats_options = opts.stats_options()
+        self.text_limit = opts.text_limit
         #: the detected wire format (a key of :data:`livepplx.formats.FORMATS`), None until known
         self.format: str | None = None
         #: statistics by choice index
         self.choices: dict[int, ChoiceStats] = {}
         #: the text of each choice (at most its last ``text_limit`` characters)
         self.texts: dict[int, str] = {}
-        #: the message of a mid-stream error, or why reading stopped; None while all is well
+        #: what went wrong, first thing first: a server's error event, a truncated or
+        #: unreadable stream, missing logprobs, a failed callback; None while all is well
         self.error: str | None = None
+        #: the message of the server's own error event, if it sent one
+        self.server_error: str | None = None
+        #: True when the stream ended without its end (see the module's rules)
+        self.truncated = False
         #: chunks handled (decoded events, for raw input)
         self.chunks = 0
-        #: chunks whose format could not be told
+        #: chunks whose format could not be told (before it was known, or not a JSON object)
         self.unrecognized = 0
+        #: entries that could not be read as tokens (wrong JSON types): skipped and counted
+        self.malformed = 0
         #: pieces of generated text that came without logprobs
         self.unscored = 0
+        #: choices whose end (``finish_reason`` or their format's end event) was read
+        self.ended: set[int] = set()
         #: why the stream stopped early, None while it runs
         self.stopped: Stop | None = None
-        #: the latest trigger events, newest last (at most 100 kept)
+        #: the latest trigger events, newest last (at most 100 kept; see :attr:`events_dropped`)
         self.events: deque[TriggerEvent] = deque(maxlen=100)
+        #: trigger events no longer in :attr:`events` (the oldest go first)
+        self.events_dropped = 0
         #: how many times each trigger fired, by name
         self.fired: dict[str, int] = {}
         self.request = dict(request or {})
-        self.triggers = list(triggers)
-        if stop_above is not None:
-            self.triggers.append(stop_above_trigger(stop_above, min_tokens))
-        self.on_missing_logprobs = on_missing_logprobs
-        self.missing_after = missing_after
+        self.triggers = list(opts.triggers)
+        if opts.stop_above is not None:
+            self.triggers.append(stop_above_trigger(opts.stop_above, opts.min_tokens))
+        self.on_missing_logprobs = opts.on_missing_logprobs
+        self.missing_after = opts.missing_after
         self._missing_seen = False
-        # Per choice: [trigger, its condition bound to this choice, armed?]
-        self._armed: dict[int, list[list[Any]]] = {}
-        #: functions called with (token, its choice's stats) after every counted token (views)
-        self.observers: list[Callable[[Token, ChoiceStats], None]] = []
+        self._first_unrecognized: str | None = None
+        self._armed: dict[int, list[Armed]] = {}  # per choice, each trigger with its own arming
+        self._token_hooks: list[TokenHook] = []
+        #: callbacks and escalations made due and not yet taken (:meth:`take_due`)
+        self.due: list[Due] = []
         #: told when a trigger fires, when the stream stops, and when it ends (not per token)
-        self.listeners: list[Listener] = list(listeners)
+        self.listeners: list[Listener] = list(opts.listeners)
         self._ended = False
+        self._finished = False
+        self._decoder: StreamDecoder | None = None
         for listener in self.listeners:
             listener.on_start(self)
-        self._decoder: StreamDecoder | None = None
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def on_token(self, hook: TokenHook) -> TokenHook:
+        """Call ``hook(token, stats)`` after every counted token, before the triggers see it.
+
+        For views and per-token callbacks (the gauge uses it): it runs inline, on the hot
+        path, so it must be quick and do no I/O. Returns the hook, so it can decorate.
+        """
+        self._token_hooks.append(hook)
+        return hook
+
+    def take_due(self) -> list[Due]:
+        """The callbacks and escalations made due since the last call, in the order to run
+        them: every ``call`` in firing order, then every ``escalate``. The driver runs them
+        (after closing the source, when the stream was stopped)."""
+        due, self.due = self.due, []
+        if len(due) > 1:
+            due.sort(key=lambda d: d.kind == "escalate")  # stable: firing order kept within each kind
+        return due
 
     # -- input ------------------------------------------------------------------------
 
@@ -171,18 +311,46 @@ class StreamState:
         return self._handle_object(chunk)
 
     def finish(self) -> None:
-        """The input ended: flush raw input, record a truncated stream as the error, and
-        apply the missing-logprobs policy to a stream too short to have shown it."""
+        """The input ended: flush raw input, then judge the stream as a whole: truncated,
+        unreadable, or without logprobs (by ``on_missing_logprobs``). Idempotent."""
+        if self._finished or self.stopped is not None:
+            return
+        self._finished = True
         if self._decoder is not None:
             try:
                 events = self._decoder.close()
             except StreamFormatError as e:
-                self.error = self.error or str(e)
+                self.truncated = True
+                self.fail(str(e))
                 return
             for event in events:
                 self._handle_object(event.data)
-        if self.unscored and not self.choices:
+        if self.error is not None:
+            return
+        if self.format is None:
+            if self.chunks == 0:
+                self.truncated = True
+                self.fail("the stream was empty: it ended before its first chunk")
+            else:
+                self.fail(
+                    f"not a stream livepplx can read: none of its {self.chunks} chunks is in a format livepplx "
+                    f"knows (the first looked like {self._first_unrecognized}); it reads OpenAI chat, "
+                    "completions and Responses, llama.cpp, TGI, Ollama and Gemini streams"
+                )
+            return
+        if not self.complete:
+            self.truncated = True
+            self.fail(
+                f"truncated: the stream ended without its end (no [DONE], finish_reason or final event) after "
+                f"{self.total_tokens} tokens; the statistics cover what was read"
+            )
+            return
+        if not self.has_logprobs and (self.unscored or self.choices):
             self._missing_logprobs()
+
+    def fail(self, message: str) -> None:
+        """Record what went wrong; the first thing recorded is the one reported."""
+        self.error = self.error or message
 
     def _handle_raw(self, data: bytes | bytearray | memoryview | str) -> list[Token]:
         if self._decoder is None:
@@ -190,7 +358,7 @@ class StreamState:
         try:
             events = self._decoder.feed(data)
         except StreamFormatError as e:
-            self.error = self.error or str(e)
+            self.fail(str(e))
             raise
         if len(events) == 1:
             return self._handle_object(events[0].data)
@@ -209,14 +377,21 @@ class StreamState:
             if fmt is None:
                 message = error_message(chunk)
                 if message:
-                    self.error = self.error or message
+                    self.server_error = self.server_error or message
+                    self.fail(message)
                 else:
                     self.unrecognized += 1
+                    if self._first_unrecognized is None:
+                        self._first_unrecognized = _snippet(chunk)
                 return []
             self.format = fmt
-        parsed = FORMATS[fmt](chunk)
+        parsed: Parsed = FORMATS[fmt](chunk)
         if parsed.error:
-            self.error = self.error or parsed.error
+            self.server_error = self.server_error or parsed.error
+            self.fail(parsed.error)
+        malformed = getattr(parsed, "malformed", 0)
+        if malformed:
+            self.malformed += malformed
         if parsed.unscored:
             self.unscored += parsed.unscored
             if not self.choices and self.unscored >= self.missing_after:
@@ -225,26 +400,42 @@ class StreamState:
             self._add(token)
             if self.stopped is not None:
                 break  # what follows the crossing token in the same chunk is not counted
+        ended = getattr(parsed, "ended", ())
+        if ended:
+            self.ended.update(ended)
         return parsed.tokens
 
     def _missing_logprobs(self) -> None:
         if self._missing_seen or self.on_missing_logprobs == "ignore":
             return
         self._missing_seen = True
-        error = NoLogprobsError(f"{self.unscored} chunks of generated text came without logprobs")
+        if self.unscored:
+            detail = f"{self.unscored} chunks of generated text came without logprobs"
+        else:
+            detail = f"every one of the {self.skipped} tokens came without a usable logprob (null, NaN or positive)"
+        error = NoLogprobsError(detail)
         if self.on_missing_logprobs == "warn":
             warnings.warn(str(error), RuntimeWarning, stacklevel=4)
             return
-        self.error = self.error or str(error)
+        self.fail(str(error))
         raise error
+
+    def _new_choice(self, index: int) -> ChoiceStats:
+        if len(self.choices) >= self.options.max_choices:
+            message = (f"the stream named more than {self.options.max_choices} distinct choices (index {index}); "
+                       "raise max_choices if the request really asked for that many (n)")
+            self.fail(message)
+            raise TooManyChoicesError(message)
+        stats = self.choices[index] = ChoiceStats(index, **self._stats_options)
+        self.texts[index] = ""
+        self._armed[index] = [Armed(t) for t in self.triggers]
+        return stats
 
     def _add(self, token: Token) -> None:
         index = token.choice
         stats = self.choices.get(index)
         if stats is None:
-            stats = self.choices[index] = ChoiceStats(index, **self._stats_options)
-            self.texts[index] = ""
-            self._armed[index] = [[t, t.when.bind(), True] for t in self.triggers]
+            stats = self._new_choice(index)
         stats.update(token)
         if token.text:
             text = self.texts[index] + token.text
@@ -253,30 +444,29 @@ class StreamState:
                 text = text[-limit:] if limit else ""
             self.texts[index] = text
         if token.status is not SKIPPED:
-            for observe in self.observers:
-                observe(token, stats)
-            for slot in self._armed[index]:
-                if slot[1](stats):
-                    if slot[2]:
-                        slot[2] = False
-                        self._fire(slot[0], stats, token.text)
-                else:
-                    slot[2] = True  # the value came back: the next crossing fires again
+            for hook in self._token_hooks:
+                hook(token, stats)
+            for armed in self._armed[index]:
+                if armed.crossed(stats):
+                    self._fire(armed.trigger, stats, token.text)
 
     def _fire(self, trigger: Trigger, stats: ChoiceStats, token: str) -> None:
         event = TriggerEvent(trigger.name, stats.index, stats.tokens, token, stats.as_dict(), self.text(stats.index))
+        if len(self.events) == self.events.maxlen:
+            self.events_dropped += 1
         self.events.append(event)
         self.fired[trigger.name] = self.fired.get(trigger.name, 0) + 1
         for listener in self.listeners:
             listener.on_trigger(self, event, trigger)
         if trigger.stop and self.stopped is None:
             self._stopped(Stop(trigger.name, stats.index, stats.tokens))
-        trigger.call(event)
+        if trigger.call is not _no_call:
+            self.due.append(Due(trigger, "call", trigger.call, event))
         if trigger.escalate is not None:
-            trigger.escalate(Escalation(event, self.request))
+            self.due.append(Due(trigger, "escalate", trigger.escalate, Escalation(event, self.request)))
 
     def stop(self, reason: str, choice: int = 0) -> None:
-        """Mark the stream stopped from outside (a user's decision, Ctrl-C)."""
+        """Mark the stream stopped from outside (a user's decision, Ctrl-C, an idle timeout)."""
         if self.stopped is None:
             self._stopped(Stop(reason, choice, self.choice(choice).tokens))
 
@@ -294,6 +484,19 @@ class StreamState:
             listener.on_end(self)
 
     # -- output -----------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """True when the stream's own end was read: ``[DONE]``, or the end mark
+        (``finish_reason``, or the format's final event) of every choice that appeared."""
+        if self._decoder is not None and self._decoder.done:
+            return True
+        return bool(self.ended) and self.ended.issuperset(self.choices)
+
+    @property
+    def has_logprobs(self) -> bool:
+        """True once any choice has counted a token."""
+        return any(s.tokens for s in self.choices.values())
 
     def choice(self, index: int = 0) -> ChoiceStats:
         """The statistics of one choice (an empty one if it has no token yet)."""
@@ -318,18 +521,24 @@ class StreamState:
     def total_tokens(self) -> int:
         return sum(s.tokens for s in self.choices.values())
 
+    @property
+    def skipped(self) -> int:
+        return sum(s.skipped for s in self.choices.values())
+
     def check_logprobs(self) -> None:
-        """Raise :class:`NoLogprobsError` if text arrived but no logprob did."""
-        if not self.choices and (self.unscored or not self.error):
-            detail = (
-                f"{self.unscored} chunks of generated text came without logprobs"
-                if self.unscored
-                else "the stream carried no logprobs"
-            )
+        """Raise :class:`NoLogprobsError` if the stream had text or tokens but not one usable logprob."""
+        if not self.has_logprobs and (self.unscored or self.choices or not self.error):
+            if self.unscored:
+                detail = f"{self.unscored} chunks of generated text came without logprobs"
+            elif self.choices:
+                detail = f"every one of the {self.skipped} tokens came without a usable logprob (null, NaN or positive)"
+            else:
+                detail = "the stream carried no logprobs"
             raise NoLogprobsError(detail)
 
     def summary(self) -> dict[str, Any]:
-        """The JSON-ready report: format, choice 0's tokens and ppl, every choice, the error."""
+        """The JSON-ready report (``livepplx replay --json``): format, choice 0's tokens
+        and ppl, every choice, the error, the stop, and what could not be read."""
         choices = [self.choices[i].as_dict() for i in sorted(self.choices)]
         first = choices[0] if 0 in self.choices else self.choice(0).as_dict()
         return {
@@ -339,5 +548,7 @@ class StreamState:
             "choices": choices,
             "error": self.error,
             "stopped": self.stopped.as_dict() if self.stopped else None,
+            "complete": self.complete,
+            "malformed": self.malformed,
+            "unrecognized": self.unrecognized,
         }
-

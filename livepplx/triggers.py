@@ -55,6 +55,7 @@ __all__ = [
     "TriggerEvent",
     "Escalation",
     "Callback",
+    "Armed",
 ]
 
 
@@ -361,6 +362,38 @@ class Escalation:
 
 def _no_callback(event: Any) -> None:
     return None
+
+
+class Armed:
+    """One trigger watching one choice of one stream: its own bound condition and the
+    firing rule (fire on a crossing, stay quiet while it holds, re-arm when it stops).
+
+    >>> from livepplx.stats import ChoiceStats
+    >>> from livepplx.tokens import make_token
+    >>> armed, s, fired = Armed(Trigger(prob_below(0.5))), ChoiceStats(), []
+    >>> for lp in (-2.0, -2.0, -0.1, -2.0):
+    ...     s.update(make_token(0, "", lp))
+    ...     fired.append(armed.crossed(s))
+    >>> fired
+    [True, False, False, True]
+    """
+
+    __slots__ = ("trigger", "condition", "armed")
+
+    def __init__(self, trigger: Trigger) -> None:
+        self.trigger = trigger
+        self.condition = trigger.when.bind()
+        self.armed = True
+
+    def crossed(self, stats: ChoiceStats) -> bool:
+        """Show the condition the newest counted token; True when the trigger fires now."""
+        if self.condition(stats):
+            if self.armed:
+                self.armed = False
+                return True
+            return False
+        self.armed = True  # the value came back: the next crossing fires again
+        return False
 
 
 #: A callback: a plain function, or an ``async def`` one under :func:`~livepplx.amonitor`.

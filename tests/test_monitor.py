@@ -13,6 +13,7 @@ import pytest
 
 from conftest import CountingBody, openai_clients, ppl_of, replay, sse, sse_response, token_event
 from livepplx import (
+    CallbackError,
     NoLogprobsError,
     StreamErrorEvent,
     Trigger,
@@ -150,10 +151,11 @@ def test_a_callback_that_raises_reaches_the_caller_and_closes_the_stream() -> No
     def boom(event: Any) -> None:
         raise RuntimeError("callback failed")
 
-    with pytest.raises(RuntimeError, match="callback failed"):
+    with pytest.raises(CallbackError, match="raised RuntimeError: callback failed") as caught:
         with monitor(create(sync), triggers=[Trigger(ppl_above(5), call=boom)]) as m:
             list(m)
-    assert body.closed and m.tokens > 0 and m.error == "callback failed"
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert body.closed and m.tokens > 0 and m.error is not None and "callback failed" in m.error
 
 
 def test_escalate_stops_and_hands_over_the_request() -> None:

@@ -38,6 +38,8 @@ def fires(condition: object, logprobs: list[float], **state_options: object) -> 
     for lp in logprobs:
         state.handle({"choices": [{"index": 0, "delta": {"content": "x"},
                                    "logprobs": {"content": [{"token": "x", "logprob": lp}]}}]})
+        for due in state.take_due():  # the state records; its driver runs the callbacks
+            due.function(due.argument)
     return at
 
 
