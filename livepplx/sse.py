@@ -215,13 +215,16 @@ class StreamDecoder:
             self._cr = False
             if text[0] == "\n":
                 text = text[1:]
-        if "\r" in text:
-            self._cr = text[-1] == "\r"
-            text = text.replace("\r\n", "\n")
-            if "\r" in text:  # legal, and rare: CR alone ends a line too
-                text = text.replace("\r", "\n")
         lines = text.split("\n")
         tail = lines.pop()
+        if "\r" in text:
+            # CR LF, as many servers write: strip each line's CR (cheaper than replacing in
+            # the text). A CR anywhere else also ends a line (legal, and rare): split again.
+            lines = [line[:-1] if line[-1:] == "\r" else line for line in lines]
+            if "\r" in tail or any("\r" in line for line in lines):
+                self._cr = text[-1] == "\r"
+                lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+                tail = lines.pop()
         if lines:
             if self._discard:  # the end of an over-long line, already counted
                 self._discard = False
@@ -306,7 +309,9 @@ class StreamDecoder:
 
     def _fail(self, message: str) -> StreamFormatError:
         self._error = message
-        return StreamFormatError(message)
+        error = StreamFormatError(message)
+        error.__suppress_context__ = True  # often raised while a JSON error is handled: not news
+        return error
 
     def _emit(self, name: str | None, value: Any, out: list[Event]) -> None:
         if name == "error" and isinstance(value, dict) and "error" not in value and "type" not in value:
@@ -439,7 +444,7 @@ class StreamDecoder:
                 elif self._closing:  # the last line, without its line end: cut, most likely
                     raise self._fail(
                         f"the stream ended in the middle of a line (truncated), line {self._line_no}: {_snippet(line)}"
-                    )
+                    ) from None
                 else:
                     self._bad(f"line {self._line_no}: {_why(e)}: {_snippet(line)}")
                 continue
