@@ -63,6 +63,10 @@ _DICT_GET: Getter = dict.get
 # JSON scalars and arrays have no fields. Reading one by attribute would be wrong, not
 # just empty: getattr([], "index") is a list method.
 _NO_FIELDS = (str, bytes, bytearray, int, float, list, tuple, type(None))
+# The reader of each type seen, so an SDK object costs one lookup (bounded: classes made
+# on the fly are not remembered past a thousand).
+_READERS: dict[type, Getter | None] = dict.fromkeys((*_NO_FIELDS, bool))
+_UNSEEN: Any = object()
 
 
 def _reader(obj: Any) -> Getter | None:
@@ -73,11 +77,16 @@ def _reader(obj: Any) -> Getter | None:
     declare (llama-server's ``logprobs.content`` in a ``Completion``), so every object
     down the tree picks its own reader.
     """
-    if type(obj) is dict or isinstance(obj, dict):
-        return dict.get
-    if isinstance(obj, _NO_FIELDS):
-        return None
-    return getattr
+    kind = type(obj)
+    if kind is dict:
+        return _DICT_GET
+    get = _READERS.get(kind, _UNSEEN)
+    if get is not _UNSEEN:
+        return get
+    get = _DICT_GET if issubclass(kind, dict) else None if issubclass(kind, _NO_FIELDS) else getattr
+    if len(_READERS) < 1000:
+        _READERS[kind] = get
+    return get
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -173,8 +182,10 @@ def _entry_token(index: int, e: Any, get: Getter) -> Token:
         index,
         text if type(text) is str else _text(text),
         get(e, "logprob", None),
-        # The common case inline: a list of dicts (this runs for every listed alternative).
-        [a.get("logprob") if type(a) is dict else _field(a, "logprob") for a in tops]
+        # The common cases inline (this runs for every listed alternative): dicts, or SDK
+        # objects ("logprob" names no method of a JSON scalar or array, so getattr is safe
+        # on whatever else comes).
+        [a.get("logprob") if type(a) is dict else getattr(a, "logprob", None) for a in tops]
         if type(tops) is list
         else _alternatives(tops, "logprob") if tops else (),
     )
@@ -283,10 +294,11 @@ def _choices_parser(chat: bool, name: str, doc: str) -> Callable[[Any], Parsed]:
                             continue
                         if type(entries) is list:  # the common case inline: it runs for every chunk
                             for e in entries:
-                                if type(e) is dict:
-                                    tokens.append(_entry_token(index, e, _DICT_GET))
+                                eget = _DICT_GET if type(e) is dict else _reader(e)
+                                if eget is None:
+                                    bad += 1
                                 else:
-                                    bad += _entries(index, (e,), tokens)
+                                    tokens.append(_entry_token(index, e, eget))
                         else:
                             bad += _entries(index, entries, tokens)
                     if chat and len(tokens) == before:
