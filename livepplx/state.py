@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypedDict
 
 from .errors import NoLogprobsError, StreamFormatError, TooManyChoicesError
 from .formats import FORMATS, Parsed, detect_format, error_message
-from .sse import StreamDecoder
+from .sse import MAX_EVENT_BYTES, StreamDecoder
 from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
 from .tokens import SKIPPED, Token
 from .triggers import Armed, Escalation, Trigger, TriggerEvent, min_tokens, ppl_above
@@ -116,6 +116,8 @@ class MonitorOptions:
         missing_after: how many chunks of text without logprobs prove the endpoint drops them (default 3).
         max_choices: distinct choice indexes one stream may name (default 256; each costs
             about 17 kB); past it, :class:`~livepplx.errors.TooManyChoicesError`.
+        max_event_bytes: the longest line or event raw input may have (default 8 MiB);
+            a longer one is malformed (:class:`~livepplx.sse.StreamDecoder`).
         listeners: objects told of the stream's life (:class:`Listener`): telemetry, for one.
     """
 
@@ -130,6 +132,7 @@ class MonitorOptions:
     on_missing_logprobs: MissingPolicy = "raise"
     missing_after: int = 3
     max_choices: int = 256
+    max_event_bytes: int = MAX_EVENT_BYTES
     listeners: tuple[Listener, ...] = ()
 
     def __post_init__(self) -> None:
@@ -144,6 +147,7 @@ class MonitorOptions:
         _whole("min_tokens", self.min_tokens, 0)
         _whole("missing_after", self.missing_after, 1)
         _whole("max_choices", self.max_choices, 1, 1 << 16)
+        _whole("max_event_bytes", self.max_event_bytes, 1)
         if self.text_limit is not None:
             _whole("text_limit", self.text_limit, 0)
         if self.stop_above is not None:
@@ -169,6 +173,7 @@ class MonitorKeywords(TypedDict, total=False):
     on_missing_logprobs: MissingPolicy
     missing_after: int
     max_choices: int
+    max_event_bytes: int
     listeners: Iterable[Listener]
 
 
@@ -354,7 +359,7 @@ class StreamState:
 
     def _handle_raw(self, data: bytes | bytearray | memoryview | str) -> list[Token]:
         if self._decoder is None:
-            self._decoder = StreamDecoder()
+            self._decoder = StreamDecoder(self.options.max_event_bytes)
         try:
             events = self._decoder.feed(data)
         except StreamFormatError as e:
@@ -523,7 +528,13 @@ class StreamState:
 
     @property
     def skipped(self) -> int:
+        """Tokens skipped by the value policy, over every choice."""
         return sum(s.skipped for s in self.choices.values())
+
+    @property
+    def skipped_events(self) -> int:
+        """Raw events or lines that were not JSON (or too long), skipped and counted by the decoder."""
+        return self._decoder.skipped if self._decoder is not None else 0
 
     def check_logprobs(self) -> None:
         """Raise :class:`NoLogprobsError` if the stream had text or tokens but not one usable logprob."""
@@ -551,4 +562,5 @@ class StreamState:
             "complete": self.complete,
             "malformed": self.malformed,
             "unrecognized": self.unrecognized,
+            "skipped_events": self.skipped_events,
         }

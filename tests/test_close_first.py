@@ -131,21 +131,27 @@ def _car_server(number: int, body: Any) -> list[bytes]:
 
 
 def test_car_early_escalation_closes_the_short_answer_before_the_long_request() -> None:
+    clock = StopClock()
     with PacedSSEServer(_car_server) as server:
-        router = CarRouter(client(server), "m", endpoint="completions", threshold=20.0, warmup=4)
+        router = CarRouter(client(server), "m", endpoint="completions", threshold=20.0, warmup=4,
+                           short_params={"listeners": [clock]})
         result = router("What is 2 + 2?")
-        short = server.wait(0)
-        long = server.wait(1)
+        short, long = server.wait(0), server.wait(1)
+        after_stop = server.written_after(0, clock.at)
+        after_long = server.written_after(0, long.started)
     assert result.decision == "long" and result.short.tokens == 4 and result.short_cut
-    assert short.client_left and short.ended is not None
-    assert short.ended <= long.started  # the short answer was closed before the long request began
+    # closed at the stop, before the long request began: the server noticed at its next write
+    assert short.client_left and after_stop <= IN_FLIGHT and after_long <= 2, (after_stop, after_long)
 
 
 def test_async_car_early_escalation_closes_first_too() -> None:
+    clock = StopClock()
     with PacedSSEServer(_car_server) as server:
-        router = AsyncCarRouter(aclient(server), "m", endpoint="completions", threshold=20.0, warmup=4)
+        router = AsyncCarRouter(aclient(server), "m", endpoint="completions", threshold=20.0, warmup=4,
+                                short_params={"listeners": [clock]})
         result = asyncio.run(router("What is 2 + 2?"))
-        short = server.wait(0)
-        long = server.wait(1)
-    assert result.decision == "long" and short.client_left and short.ended is not None
-    assert short.ended <= long.started
+        short, long = server.wait(0), server.wait(1)
+        after_stop = server.written_after(0, clock.at)
+        after_long = server.written_after(0, long.started)
+    assert result.decision == "long" and result.short_cut
+    assert short.client_left and after_stop <= IN_FLIGHT and after_long <= 2, (after_stop, after_long)

@@ -21,7 +21,6 @@ import pytest
 
 import livepplx
 from livepplx import NoLogprobsError, Trigger, min_tokens
-from livepplx.state import StreamState
 from servers import Server, start
 
 pytestmark = pytest.mark.real_server
@@ -53,11 +52,13 @@ def client(server: Server) -> openai.OpenAI:
 
 
 def ppl_of_answer(answer: Any) -> float:
-    """PPL of a non-streamed answer, read by the same formats (an answer is one big chunk)."""
-    state = StreamState()
-    state.handle(answer)
-    assert state.tokens > 0, answer
-    return state.ppl
+    """PPL of a non-streamed answer, straight from the server's logprobs (not through livepplx):
+    chat's ``logprobs.content``, or a completion's ``token_logprobs`` (llama-cpp-python) or
+    chat-shaped ``content`` (upstream llama-server)."""
+    logprobs = answer.model_dump()["choices"][0]["logprobs"]
+    values = logprobs.get("token_logprobs") or [entry["logprob"] for entry in logprobs["content"]]
+    assert values, answer
+    return math.exp(-math.fsum(values) / len(values))
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
@@ -73,8 +74,11 @@ def test_live_ppl_equals_the_non_streamed_answers(server: Server, endpoint: str)
         answer = c.completions.create(**common, logprobs=5)
     with livepplx.stream(c, endpoint=endpoint, **common) as s:
         chunks = sum(1 for _ in s)
-    assert s.error is None and s.tokens == n and chunks >= n
-    assert math.isclose(s.ppl, ppl_of_answer(answer), rel_tol=1e-6)
+    assert s.error is None and s.tokens == n and chunks >= n and s.state.complete
+    reference = ppl_of_answer(answer)
+    assert math.isclose(s.ppl, reference, rel_tol=1e-6)
+    scored = livepplx.score(answer)  # the whole answer, read by livepplx
+    assert scored.tokens == n and math.isclose(scored.ppl, reference, rel_tol=1e-12)
 
 
 def _stopped_then_follow_up(server: Server, extra_body: dict[str, Any]) -> tuple[float, float, int]:

@@ -270,3 +270,12 @@ def test_retry_after_that_is_neither_seconds_nor_a_date_is_no_hint(value: str) -
     state = tenacity.RetryCallState(None, None, (), {})
     state.set_exception((type(error), error, None))
     assert wait_retry_after(tenacity.wait_fixed(7))(state) == 7.0
+
+
+def test_a_bad_event_mid_stream_is_skipped_counted_and_reported() -> None:
+    data = sse(chunk(-1.0)).replace(b"data: [DONE]\n\n", b"") + b"data: {not json\n\n" + sse(chunk(-1.0, finish="stop"))
+    state = replay(data)
+    assert state.tokens == 2 and state.skipped_events == 1 and state.complete and state.error is None
+    assert state.summary()["skipped_events"] == 1
+    with pytest.raises(StreamFormatError, match="not JSON"):
+        replay(b"data: {not json\n\n" + data)  # a stream that starts unreadable is not one livepplx can read
