@@ -7,18 +7,17 @@ non-streamed response is read by the same parsers as one big chunk
 ``shared/guide/wire-formats.md``.
 
 **The type rule.** Every parser reads fields through the same few accessors, so one
-rule holds for every format and every depth:
+rule holds for every format at every depth, and nothing in a chunk raises:
 
-* A field whose value has the wrong type reads as absent: a token text that is not
-  a string reads as ``""``, alternatives (``top_logprobs``) that are not a list list
-  nothing, an end mark that is not a non-empty string (``true`` for the formats that
-  use a flag) marks nothing. A logprob that is not a number is the value policy's
-  ``SKIPPED`` (:mod:`livepplx.tokens`).
-* A value on the way to the tokens that cannot be read as one (a chunk, choice or
-  token entry that is not an object; a list of them that is not a list; a choice
-  index that is not a non-negative integer, ``true`` and ``"1"`` included) is not a
-  token: it is counted in :attr:`Parsed.malformed`, and the rest of the chunk is
-  still read. A malformed choice index never falls back to choice 0.
+* A field whose value has the wrong type reads as absent. A token text that is not
+  a string is ``""`` (the token still counts); alternatives that are not a list list
+  nothing; an end mark of the wrong type marks nothing; a logprob that is not a
+  number is skipped by the value policy (:mod:`livepplx.tokens`).
+* A value on the way to the tokens that cannot be read (a chunk, choice or token
+  entry that is not an object; a list of them that is not a list; a choice index
+  that is not a non-negative integer: ``true``, ``"1"``, ``[1]``, ``-1``, ``1.0``) is
+  not a token: it is counted in :attr:`Parsed.malformed`, the rest of the chunk is
+  still read, and it is never merged into choice 0.
 
 >>> chunk = {"choices": [{"index": 0, "delta": {"content": "Hi"},
 ...          "logprobs": {"content": [{"token": "Hi", "logprob": -0.25, "top_logprobs": []}]}}]}
