@@ -21,6 +21,7 @@ from .errors import (
 from .formats import FORMATS, Parsed, detect_format, parse_chunk
 from .monitor import AsyncMonitoredStream, MonitoredStream, amonitor, monitor
 from .recordings import RECORDINGS, recording_path
+from .score import score
 from .sse import Event, StreamDecoder
 from .state import Listener, MonitorOptions, Stop, StreamState
 from .stats import ChoiceStats
@@ -86,6 +87,7 @@ __all__ = [
     "NotAStreamError",
     "TooManyChoicesError",
     "MonitorOptions",
+    "score",
     "Listener",
     "StreamFormatError",
     "StreamState",

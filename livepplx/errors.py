@@ -19,6 +19,11 @@ HOW_TO_ASK = (
     "llama-cpp-python returns none without top_logprobs, vLLM none for an explicit "
     '"top_logprobs": null, and LM Studio accepts the parameter and returns nothing'
 )
+#: The same advice for a whole (non-streamed) response.
+HOW_TO_ASK_WHOLE = (
+    "send logprobs=True and top_logprobs (e.g. 5) with the request (legacy completions: logprobs=5; "
+    'Responses: include=["message.output_text.logprobs"]; Gemini: responseLogprobs and logprobs)'
+)
 
 
 class LivepplxError(Exception):
@@ -32,8 +37,8 @@ class StreamFormatError(LivepplxError, ValueError):
 class NoLogprobsError(LivepplxError):
     """The stream carries generated text but no logprobs: the request did not ask for them."""
 
-    def __init__(self, detail: str = "the stream carried no logprobs") -> None:
-        super().__init__(f"{detail}: {HOW_TO_ASK}")
+    def __init__(self, detail: str = "the stream carried no logprobs", hint: str = HOW_TO_ASK) -> None:
+        super().__init__(f"{detail}: {hint}")
 
 
 class ServerStreamError(LivepplxError):

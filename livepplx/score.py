@@ -22,27 +22,32 @@ from __future__ import annotations
 
 import json
 import reprlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import NoLogprobsError, ServerStreamError, StreamFormatError
+from .errors import HOW_TO_ASK_WHOLE, NoLogprobsError, ServerStreamError, StreamFormatError
 from .formats import error_message
-from .state import StreamState
+from .state import MonitorOptions, StreamState
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .state import MonitorKeywords
 
 __all__ = ["score"]
 
 _PREFIX = "not a response livepplx can read"
 
 
-def score(response: Any, **options: Any) -> StreamState:
+def score(response: Any, options: MonitorOptions | None = None, **keywords: Unpack[MonitorKeywords]) -> StreamState:
     """The finished :class:`~livepplx.state.StreamState` of a whole response.
 
     Args:
         response: a decoded JSON object; its JSON text (``str``) or bytes; an openai SDK
             response object; or a JSON array of such objects, read in order (Gemini's
             ``streamGenerateContent?alt=json`` answers with one).
-        **options: :class:`~livepplx.state.StreamState`'s options (``window``,
-            ``vocab_size``, ``on_missing_logprobs``, ...). Triggers see every token as a
-            stream would, but nothing is left to stop.
+        options, **keywords: :class:`~livepplx.state.MonitorOptions` or its fields
+            (``window``, ``vocab_size``, ``on_missing_logprobs``, ...). Triggers see every
+            token as a stream would, but nothing is left to stop.
 
     Returns:
         the state after its last token: ``.summary()``, ``.ppl``, ``.choice(i)``, ... as for
@@ -60,7 +65,7 @@ def score(response: Any, **options: Any) -> StreamState:
     for part in parts:
         if isinstance(part, (str, bytes, bytearray, memoryview)) or part is None:
             raise StreamFormatError(f"{_PREFIX}: {_describe(value)}")  # never decoded again as a stream
-    state = StreamState(**options)
+    state = StreamState(options, **keywords)
     errors = []
     try:
         for part in parts:
@@ -77,13 +82,13 @@ def score(response: Any, **options: Any) -> StreamState:
             raise ServerStreamError(f"the response is an error: {errors[0]}")
         raise StreamFormatError(f"{_PREFIX}: {_describe(value)}; it reads OpenAI chat, completions and "
                                 "Responses answers, llama.cpp /completion, TGI /generate, Ollama and Gemini ones")
-    if not any(choice["tokens"] for choice in summary["choices"]) and options.get("on_missing_logprobs", "raise") == "raise":
+    if not any(choice["tokens"] for choice in summary["choices"]) and state.options.on_missing_logprobs == "raise":
         tokens = sum(choice["skipped"] for choice in summary["choices"])
         if tokens:
             detail = f"every one of the response's {tokens} tokens came without a usable logprob (null, NaN or positive)"
         else:
             detail = "the response carried no logprobs"
-        raise NoLogprobsError(detail)
+        raise NoLogprobsError(detail, hint=HOW_TO_ASK_WHOLE)
     return state
 
 

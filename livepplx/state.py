@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypedDict
 
 from .errors import NoLogprobsError, StreamFormatError, TooManyChoicesError
 from .formats import FORMATS, Parsed, detect_format, error_message
-from .sse import MAX_EVENT_BYTES, StreamDecoder
+from .sse import MAX_EVENT_BYTES, Event, StreamDecoder
 from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
 from .tokens import SKIPPED, Token
 from .triggers import Armed, Escalation, Trigger, TriggerEvent, min_tokens, ppl_above
@@ -328,8 +328,7 @@ class StreamState:
                 self.truncated = True
                 self.fail(str(e))
                 return
-            for event in events:
-                self._handle_object(event.data)
+            self._handle_events(events)
         if self.error is not None:
             return
         if self.format is None:
@@ -365,13 +364,18 @@ class StreamState:
         except StreamFormatError as e:
             self.fail(str(e))
             raise
-        if len(events) == 1:
+        if len(events) == 1 and type(events[0].data) is not list:
             return self._handle_object(events[0].data)
+        return self._handle_events(events)
+
+    def _handle_events(self, events: list[Event]) -> list[Token]:
         tokens: list[Token] = []
         for event in events:
-            if self.stopped is not None:
-                break
-            tokens += self._handle_object(event.data)
+            # A top-level JSON array is a sequence of chunks (Gemini's alt=json answer).
+            for data in event.data if type(event.data) is list else (event.data,):
+                if self.stopped is not None:
+                    return tokens
+                tokens += self._handle_object(data)
         return tokens
 
     def _handle_object(self, chunk: Any) -> list[Token]:

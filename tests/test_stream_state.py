@@ -279,3 +279,9 @@ def test_a_bad_event_mid_stream_is_skipped_counted_and_reported() -> None:
     assert state.summary()["skipped_events"] == 1
     with pytest.raises(StreamFormatError, match="not JSON"):
         replay(b"data: {not json\n\n" + data)  # a stream that starts unreadable is not one livepplx can read
+
+
+def test_a_top_level_json_array_is_a_sequence_of_chunks() -> None:
+    whole = json.dumps([chunk(-1.0), chunk(-2.0, finish="stop")], indent=2).encode()  # pretty-printed, as saved
+    state = replay(whole)
+    assert state.tokens == 2 and state.complete and state.error is None and math.isclose(state.ppl, math.exp(1.5))
