@@ -50,7 +50,7 @@ from typing import (
     cast,
 )
 
-from .errors import CallbackError, NotAStreamError, ServerStreamError, StreamFormatError
+from .errors import CallbackError, LivepplxError, NotAStreamError, ServerStreamError, StreamFormatError
 from .state import Due, MonitorOptions, Stop, StreamState
 from .stats import ChoiceStats
 from .triggers import TriggerEvent
@@ -184,8 +184,11 @@ class _Monitored:
     def _failed(self, error: BaseException) -> None:
         # Keep the statistics and say what ended the stream; the error still reaches the caller.
         # Ctrl-C and generator cleanup are not errors of the stream.
-        if isinstance(error, Exception):
-            self.state.fail(str(error) or type(error).__name__)
+        if isinstance(error, LivepplxError):
+            self.state.fail(str(error))
+        elif isinstance(error, Exception):  # a transport's or the SDK's error: say which, and when
+            self.state.fail(f"the stream failed after {self.state.total_tokens} tokens: "
+                            f"{type(error).__name__}: {error}".rstrip(": "))
 
     def _callback_error(self, due: Due, error: BaseException) -> CallbackError:
         message = f"the {due.kind} of trigger {due.trigger.name!r} raised {type(error).__name__}: {error}"
