@@ -273,3 +273,40 @@ def test_the_one_sided_rule_keeps_a_sure_answer_the_paper_rule_escalates() -> No
     one_sided = ask(CarRouter(sync, "m", calibration=dataclasses.replace(both, rule="upper"), early=False),
                     "sure: capital of Peru?")
     assert one_sided.decision == "short" and "within CAR's one-sided rule" in one_sided.reason
+
+
+# -- on a real llama-server ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from servers import start
+
+    yield from start("llama-server", tmp_path_factory.mktemp("car-llama-server"))
+
+
+@pytest.mark.real_server
+def test_on_a_real_server_a_cut_is_a_cut_and_the_long_answer_is_counted_by_usage(llama_server: Any) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=llama_server.base_url, api_key="sk-no-key", timeout=120)
+    question = "Name the eight planets of the solar system, in order from the Sun."
+    options: dict[str, Any] = dict(endpoint="completions", short_prompt="Q: {question}\nA:",
+                                   long_prompt="Q: {question}\nA: Let's think step by step.",
+                                   long_max_tokens=40, short_params={"temperature": 0},
+                                   long_params={"temperature": 0, "stop": ["\nQ:"]})
+
+    def whole(prompt: str, max_tokens: int, **params: Any) -> Any:  # the reference: one non-streamed answer
+        return client.completions.create(model="m", prompt=prompt, max_tokens=max_tokens, temperature=0, **params)
+
+    short_whole = whole(f"Q: {question}\nA:", 64)
+    assert short_whole.usage.completion_tokens > 4  # more to come after the warm-up: the cut is real
+    result = CarRouter(client, "m", threshold=1.0, warmup=4, **options)(question)
+    assert result.short.stopped and result.short_cut and result.short.tokens == 4 and result.decision == "long"
+    assert short_whole.choices[0].text.startswith(result.short.text)
+    long_whole = whole(f"Q: {question}\nA: Let's think step by step.", 40, stop=["\nQ:"])
+    assert result.long is not None and result.long.tokens_from == "usage" and result.long.ppl is None
+    assert result.long.tokens == long_whole.usage.completion_tokens and result.long.text == long_whole.choices[0].text
+    # Stopped on its last allowed token: whole, not cut.
+    capped = CarRouter(client, "m", threshold=1.0, warmup=4, short_max_tokens=4, **options)(question)
+    assert capped.short.stopped and capped.short.tokens == 4 and not capped.short_cut
