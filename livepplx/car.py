@@ -142,7 +142,7 @@ class _Reading:
         ppl = m.ppl
         stopped = m.stopped is not None
         limit = request.get("max_tokens")
-        complete = bool(getattr(m.state, "complete", False))
+        complete = m.state.complete
         cut = stopped and not complete and not (isinstance(limit, int) and m.tokens >= limit)
         text = m.text(0)
         if m.tokens:
