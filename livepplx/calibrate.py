@@ -164,13 +164,17 @@ class CarCalibration:
                     f"{cls_x.size} {name} answers with a finite perplexity: CAR needs at least 2 of each class "
                     "(label more answers)"
                 )
-            sigma = float(np.std(cls_x, ddof=1))
+            with np.errstate(over="ignore", invalid="ignore"):  # said below, not warned on stderr
+                mu, sigma = float(np.mean(cls_x)), float(np.std(cls_x, ddof=1))
+            if not (math.isfinite(mu) and math.isfinite(sigma)):
+                raise CalibrationError(f"the {name} answers' perplexities are too large to fit: their mean or "
+                                       "deviation overflows a float")
             if not sigma > 0:
                 raise CalibrationError(
                     f"every {name} answer has perplexity {cls_x[0]:g}: a class with zero variance cannot be "
                     "modelled; label more varied answers"
                 )
-            params.append((float(np.mean(cls_x)), sigma))
+            params.append((mu, sigma))
         n = x.size
         (mu1, s1), (mu0, s0) = params
         n_correct = int(np.count_nonzero(y))

@@ -567,12 +567,15 @@ def _calibrate(args: argparse.Namespace) -> int:
                        "false_positive_rate": youden.false_positive_rate, "precision": youden.precision},
         }))
         return 0
-    crossings = ", ".join(f"{t:.3f}" for t in cal.thresholds) or "none"
+    def num(x: float) -> str:  # three decimals, or four digits when huge or tiny
+        return f"{x:.3f}" if 1e-3 <= abs(x) < 1e6 or x == 0 else f"{x:.4g}"
+
+    crossings = ", ".join(num(t) for t in cal.thresholds) or "none"
     print(f"{used} answers, {correct} correct"
           + (f"; {dropped} dropped ({args.score} null, NaN or infinite)" if dropped else ""))
     print(f"AUROC {area:.3f} ({args.score} telling incorrect answers from correct; 0.5 is chance)")
-    print(f"CAR: correct ~ N({cal.mu_correct:.3f}, {cal.sigma_correct:.3f}^2), incorrect ~ "
-          f"N({cal.mu_incorrect:.3f}, {cal.sigma_incorrect:.3f}^2), priors {cal.prior_correct:.2f} / "
+    print(f"CAR: correct ~ N({num(cal.mu_correct)}, {num(cal.sigma_correct)}^2), incorrect ~ "
+          f"N({num(cal.mu_incorrect)}, {num(cal.sigma_incorrect)}^2), priors {cal.prior_correct:.2f} / "
           f"{cal.prior_incorrect:.2f}; the weighted densities cross at {crossings}")
     if cal.rule == "upper":
         print(f"CAR rule (one-sided): {cal.describe(args.score)}; the paper's Bayes rule would "
@@ -580,7 +583,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     else:
         print(f"CAR rule (the paper's Bayes rule): {cal.describe(args.score)}"
               + ("; --one-sided escalates only above the upper crossing" if len(cal.thresholds) > 1 else ""))
-    print(f"Youden's J: flag {args.score} > {youden.threshold:.3f} (catches {youden.true_positive_rate:.0%} of "
+    print(f"Youden's J: flag {args.score} > {num(youden.threshold)} (catches {youden.true_positive_rate:.0%} of "
           f"incorrect, {youden.false_positive_rate:.0%} of correct)")
     if args.out:
         print(f"saved {args.out}")

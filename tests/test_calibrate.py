@@ -476,3 +476,15 @@ def test_calibrate_says_when_dropped_rows_leave_too_few(tmp_path: Path, capsys: 
     lines = GOOD_LINES + ['{"ppl": null, "correct": false}', '{"ppl": NaN, "correct": false}']
     code, _, err = calibrate(tmp_path, GOOD_LINES[:3] + lines[4:], capsys=capsys)
     assert code == 1 and "1 incorrect answers" in err and "2 of 5 rows dropped" in err and err.count("\n") == 1
+
+
+def test_calibrate_says_when_the_values_overflow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    lines = ['{"ppl": 1e300, "correct": true}', '{"ppl": -1e300, "correct": true}',
+             '{"ppl": 1e308, "correct": false}', '{"ppl": 1.7e308, "correct": false}']
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = calibrate(tmp_path, lines, capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and not caught  # no numpy RuntimeWarning on stderr
+    assert "the correct answers' perplexities are too large to fit" in err
