@@ -51,7 +51,7 @@ def _exp_neg(mean: float) -> float:
 #: 200,000, Llama 3 128,256, Qwen 2.5 151,936. Only ``entropy_upper`` depends on it, and
 #: a value larger than the model's only loosens that bound.
 DEFAULT_VOCAB_SIZE = 262_144
-#: The longest window a rolling statistic accepts: its ring buffer takes 8 bytes a slot.
+#: The longest window a rolling statistic accepts (:class:`ChoiceStats` keeps 16 bytes a slot).
 MAX_WINDOW = 1 << 24
 
 
@@ -90,6 +90,17 @@ class Mean:
         return (self._sum + self._comp) / self.n if self.n else _nan
 
 
+def _check_window(window: Any, name: str = "window") -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"{name} must be a whole number of tokens from 1 to {MAX_WINDOW:,}, got {window!r}")
+
+
+def _zeros(n: int) -> array[float]:
+    """``n`` raw doubles: the memory is fixed from the start (a list would grow by a float
+    object per slot as it fills)."""
+    return array("d", bytes(8 * n))
+
+
 class RollingMean:
     """Mean of the last ``window`` values: a ring buffer and a compensated running sum.
 
@@ -106,12 +117,9 @@ class RollingMean:
     __slots__ = ("window", "_buf", "_pos", "_count", "_sum", "_comp")
 
     def __init__(self, window: int) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
-            raise ValueError(f"window must be a whole number of tokens from 1 to {MAX_WINDOW:,}, got {window!r}")
+        _check_window(window)
         self.window = window
-        # Raw doubles: the memory is fixed from the start (a list would grow by a float
-        # object per slot as the window fills).
-        self._buf = array("d", bytes(8 * window))
+        self._buf = _zeros(window)
         self._pos = 0
         self._count = 0
         self._sum = 0.0
@@ -215,7 +223,6 @@ def topk_entropy(alternatives: Sequence[float], vocab_size: int = DEFAULT_VOCAB_
     >>> round(h, 6), r, round(lo, 6), round(hi, 6)
     (0.636514, 0.25, 1.039721, 1.039721)
     """
-    k = len(alternatives)
     total = 0.0
     p_log_p = 0.0
     a_min = 0.0
@@ -227,15 +234,19 @@ def topk_entropy(alternatives: Sequence[float], vocab_size: int = DEFAULT_VOCAB_
             a_min = a
     if total <= 0.0:  # every alternative below -745: exp underflows, nothing to renormalise
         return _nan, _nan, _nan, _nan
-    h_k = _log(total) - p_log_p / total
+    return (_log(total) - p_log_p / total, *_tail_bounds(total, p_log_p, a_min, len(alternatives), vocab_size))
+
+
+def _tail_bounds(total: float, p_log_p: float, a_min: float, k: int, vocab_size: int) -> tuple[float, float, float]:
+    """``(r, lower, upper)`` of :func:`topk_entropy` from the sums of one position (``total > 0``)."""
     r = 1.0 - total
     if r <= 1e-12:  # float32 logprobs can sum a hair above 1
-        return h_k, 0.0, -p_log_p, -p_log_p
+        return 0.0, -p_log_p, -p_log_p
     # log(1 / min(p_min, r)) from the logprob itself: exp(a_min) may underflow to 0.
     lower = -p_log_p + r * -min(a_min, _log(r))
     unseen = vocab_size - k
     upper = -p_log_p + r * _log(unseen / r) if unseen > 0 else lower
-    return h_k, r, lower, max(lower, upper)
+    return r, lower, max(lower, upper)
 
 
 def deepconf_confidence(alternatives: Sequence[float]) -> float:
@@ -264,6 +275,7 @@ def json_number(x: float) -> float | str | None:
     return "inf" if x > 0 else "-inf"
 
 
+
 class ChoiceStats:
     """Everything livepplx keeps for one choice of a stream, updated token by token.
 
@@ -281,7 +293,26 @@ class ChoiceStats:
     and confidence use the positions where alternatives were listed. The lowest group
     confidence is the minimum over full windows, or over the partial window while
     fewer than ``group_window`` positions have been seen.
+
+    How it stays cheap: one method does the work of :class:`Mean`, :class:`EWMean`,
+    :class:`Variance` and :func:`topk_entropy`'s sums (a call and the attribute traffic of
+    each small statistic cost more than its arithmetic), and what no update needs (the
+    perplexities, the newest position's tail mass and entropy bounds) is computed when
+    read. A window's sum is the difference of two compensated running sums, ``S(n) -
+    S(n - window)``: each token stores the pair (sum, compensation) in a ring of
+    ``window + 1`` slots instead of taking a value out and adding one in. The two sums
+    differ by the window's values exactly (the running sums are close, so their float
+    difference is exact), and the compensations carry what the floats lost: no drift.
     """
+
+    __slots__ = (
+        "index", "vocab_size", "tokens", "censored", "skipped", "last_logprob", "_min_logprob",
+        "topk_positions", "entropy", "confidence", "lowest_group_confidence", "_alts",
+        "_sum", "_comp", "_ema", "_alpha", "_vmean", "_m2",
+        "_wsize", "_wpos", "_wsums", "_wcomps",
+        "_hn", "_hsum", "_hcomp",
+        "_gsize", "_gpos", "_gsum", "_gcomp", "_gsums", "_gcomps",
+    )
 
     def __init__(
         self,
@@ -294,6 +325,9 @@ class ChoiceStats:
     ) -> None:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
             raise ValueError(f"vocab_size must be the model's vocabulary size, a positive whole number; got {vocab_size!r}")
+        _check_window(window)
+        _check_window(group_window, "group_window")
+        self._alpha = EWMean(ema_alpha if ema_alpha is not None else 2.0 / (window + 1)).alpha  # its check
         self.index = index
         self.vocab_size = vocab_size
         #: tokens counted in the statistics (OK and CENSORED)
@@ -307,78 +341,128 @@ class ChoiceStats:
         self._min_logprob = _inf  # the lowest counted logprob (min_logprob: NaN before the first)
         #: positions that listed alternatives
         self.topk_positions = 0
-        #: the newest position's top-k entropy, tail mass and bounds on the full entropy
+        #: the newest position's top-k entropy (its tail mass and bounds are properties)
         self.entropy = _nan
-        self.tail_mass = _nan
-        self.entropy_lower = _nan
-        self.entropy_upper = _nan
         #: the newest position's DeepConf token confidence
         self.confidence = _nan
         #: the lowest DeepConf group confidence so far
         self.lowest_group_confidence = _nan
-        self._mean = Mean()
-        self._window = RollingMean(window)
-        self._ema = EWMean(ema_alpha if ema_alpha is not None else 2.0 / (window + 1))
-        self._surprisal = Variance()
-        self._entropy_mean = Mean()
-        self._group = RollingMean(group_window)
+        self._alts: tuple[float, ...] = ()  # the newest position's alternatives
+        self._sum = self._comp = 0.0  # the compensated sum of the counted logprobs (Neumaier)
+        self._ema = _nan  # EWMean's value
+        self._vmean = self._m2 = 0.0  # Welford's mean and M2, over `tokens` values
+        # Rings of window + 1 slots of running (sum, compensation) pairs, S(0) = (0, 0) in slot 0.
+        self._wsize, self._wpos = window, 0
+        self._wsums, self._wcomps = _zeros(window + 1), _zeros(window + 1)
+        self._hn, self._hsum, self._hcomp = 0, 0.0, 0.0  # compensated sum of the finite entropies
+        self._gsize, self._gpos, self._gsum, self._gcomp = group_window, 0, 0.0, 0.0  # of the confidences
+        self._gsums, self._gcomps = _zeros(group_window + 1), _zeros(group_window + 1)
 
     def update(self, token: Token) -> None:
         """Add one token (O(1): the work does not depend on how many came before)."""
         status = token.status
-        if status is SKIPPED:
-            self.skipped += 1
-            return
-        if status is CENSORED:
+        if status:  # OK is 0
+            if status is SKIPPED:
+                self.skipped += 1
+                return
             self.censored += 1
-        lp = token.logprob
-        self.tokens += 1
-        self.last_logprob = lp
-        if lp < self._min_logprob:
-            self._min_logprob = lp
-        self._mean.update(lp)
-        self._window.update(lp)
-        self._ema.update(lp)
-        self._surprisal.update(-lp)
+        x = token.logprob
+        n = self.tokens + 1
+        self.tokens = n
+        self.last_logprob = x
+        if x < self._min_logprob:
+            self._min_logprob = x
+        # The running sum (Neumaier): what the float sum loses goes to the compensation.
+        # Counted logprobs are <= 0 (the value policy), so the sum is too, and the larger
+        # magnitude is the smaller value.
+        s = self._sum
+        t = s + x
+        c = self._comp + ((s - t) + x if s <= x else (x - t) + s)
+        self._sum = t
+        self._comp = c
+        i = self._wpos + 1
+        if i > self._wsize:
+            i = 0
+        self._wpos = i
+        self._wsums[i] = t
+        self._wcomps[i] = c
+        y = self._ema  # EWMean, seeded by the first value
+        self._ema = y + self._alpha * (x - y) if y == y else x
+        # Welford (on the logprob: its M2 is the surprisal's, bit for bit)
+        m = self._vmean
+        d = x - m
+        m += d / n
+        self._vmean = m
+        self._m2 += d * (x - m)
         alts = token.alternatives
-        if alts:
-            self._update_topk(alts)
-
-    def _update_topk(self, alts: tuple[float, ...]) -> None:
-        self.topk_positions += 1
-        self.entropy, self.tail_mass, self.entropy_lower, self.entropy_upper = topk_entropy(alts, self.vocab_size)
-        if self.entropy == self.entropy:
-            self._entropy_mean.update(self.entropy)
-        c = -sum(alts) / len(alts)
-        self.confidence = c
-        group = self._group
-        group.update(c)
-        g = group.get()
-        # Until the window fills, the partial window stands in; the first full window
-        # replaces it, and from then on only full windows compete for the minimum.
-        if not group.full or self.topk_positions == group.window or g < self.lowest_group_confidence:
-            self.lowest_group_confidence = g
+        if not alts:
+            return
+        # One position of listed alternatives: topk_entropy's sums, the entropy's mean,
+        # the confidence and the group window's.
+        self._alts = alts
+        k = self.topk_positions + 1
+        self.topk_positions = k
+        total = p_log_p = 0.0
+        for a in alts:
+            p = _exp(a)
+            total += p
+            p_log_p += p * a
+        h = _log(total) - p_log_p / total if total > 0.0 else _nan  # NaN: all below -745, nothing to renormalise
+        self.entropy = h
+        if h == h:
+            self._hn += 1
+            s = self._hsum
+            t = s + h
+            # Entropies are >= 0 (up to a rounding), so the sum is the larger magnitude unless h is.
+            self._hcomp += (s - t) + h if s >= h else (h - t) + s
+            self._hsum = t
+        x = -sum(alts) / len(alts)
+        self.confidence = x
+        s = self._gsum
+        t = s + x
+        c = self._gcomp + ((s - t) + x if s >= x else (x - t) + s)  # confidences are >= 0
+        self._gsum = t
+        self._gcomp = c
+        size = self._gsize
+        i = self._gpos + 1
+        if i > size:
+            i = 0
+        self._gpos = i
+        self._gsums[i] = t
+        self._gcomps[i] = c
+        if k < size:  # the partial window stands in until the window fills
+            self.lowest_group_confidence = (t + c) / k
+        else:  # then only full windows compete, the first replacing the partial one
+            i = i + 1 if i < size else 0
+            g = ((t - self._gsums[i]) + (c - self._gcomps[i])) / size
+            if k == size or g < self.lowest_group_confidence:
+                self.lowest_group_confidence = g
 
     # -- derived values: computed when read, so an update stays cheap ---------------
 
     @property
     def mean_logprob(self) -> float:
-        return self._mean.get()
+        return (self._sum + self._comp) / self.tokens if self.tokens else _nan
 
     @property
     def ppl(self) -> float:
         """Running perplexity ``exp(-mean logprob)``; NaN before the first token."""
-        return _exp_neg(self._mean.get())
+        return _exp_neg((self._sum + self._comp) / self.tokens) if self.tokens else _nan
 
     @property
     def window_ppl(self) -> float:
         """Perplexity of the last ``window`` tokens."""
-        return _exp_neg(self._window.get())
+        n = self.tokens
+        if not n:
+            return _nan
+        size = self._wsize
+        i = self._wpos + 1 if self._wpos < size else 0  # S(n - window): (0, 0) until the window fills
+        return _exp_neg(((self._sum - self._wsums[i]) + (self._comp - self._wcomps[i])) / (n if n < size else size))
 
     @property
     def moving_ppl(self) -> float:
         """Exponentially weighted moving perplexity."""
-        return _exp_neg(self._ema.get())
+        return _exp_neg(self._ema)
 
     @property
     def min_logprob(self) -> float:
@@ -395,29 +479,50 @@ class ChoiceStats:
 
     @property
     def surprisal_var(self) -> float:
-        return self._surprisal.get()
+        return self._m2 / self.tokens if self.tokens else _nan
 
     @property
     def entropy_mean(self) -> float:
-        return self._entropy_mean.get()
+        return (self._hsum + self._hcomp) / self._hn if self._hn else _nan
+
+    @property
+    def tail_mass(self) -> float:
+        """The newest position's tail mass ``1 - sum(p)`` (:func:`topk_entropy`)."""
+        return topk_entropy(self._alts, self.vocab_size)[1] if self._alts else _nan
+
+    @property
+    def entropy_lower(self) -> float:
+        """A lower bound on the newest position's full entropy (:func:`topk_entropy`)."""
+        return topk_entropy(self._alts, self.vocab_size)[2] if self._alts else _nan
+
+    @property
+    def entropy_upper(self) -> float:
+        """An upper bound on the newest position's full entropy (:func:`topk_entropy`)."""
+        return topk_entropy(self._alts, self.vocab_size)[3] if self._alts else _nan
 
     @property
     def group_confidence(self) -> float:
         """DeepConf group confidence: mean token confidence over the last ``group_window`` positions."""
-        return self._group.get()
+        k = self.topk_positions
+        if not k:
+            return _nan
+        size = self._gsize
+        i = self._gpos + 1 if self._gpos < size else 0
+        return ((self._gsum - self._gsums[i]) + (self._gcomp - self._gcomps[i])) / (k if k < size else size)
 
     @property
     def window(self) -> int:
-        return self._window.window
+        return self._wsize
 
     @property
     def group_window(self) -> int:
-        return self._group.window
+        return self._gsize
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: undefined values (no tokens yet) are ``None``, infinite
         ones the strings ``"inf"`` / ``"-inf"`` (:func:`json_number`)."""
         f = json_number
+        _, tail_mass, lower, upper = topk_entropy(self._alts, self.vocab_size) if self._alts else (_nan,) * 4
         return {
             "index": self.index,
             "tokens": self.tokens,
@@ -435,11 +540,10 @@ class ChoiceStats:
             "topk_positions": self.topk_positions,
             "entropy_mean": f(self.entropy_mean),
             "entropy": f(self.entropy),
-            "tail_mass": f(self.tail_mass),
-            "entropy_lower": f(self.entropy_lower),
-            "entropy_upper": f(self.entropy_upper),
+            "tail_mass": f(tail_mass),
+            "entropy_lower": f(lower),
+            "entropy_upper": f(upper),
             "confidence": f(self.confidence),
             "group_confidence": f(self.group_confidence),
             "lowest_group_confidence": f(self.lowest_group_confidence),
         }
-
