@@ -49,22 +49,38 @@ def whole_answer() -> dict[str, Any]:
             "usage": {"prompt_tokens": 1, "completion_tokens": TOKENS, "total_tokens": TOKENS + 1}}
 
 
+class PacedBody(CountingBody, httpx.AsyncByteStream):
+    """A body served as a network would: the reader waits a moment for each event, so a task
+    that reads ahead (the Agents SDK's run task) does not get the whole body at once."""
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for event in self.events:
+            await asyncio.sleep(0.002)
+            if self.closed:
+                return
+            self.read += 1
+            yield event
+
+
 class Server:
     """A mocked server: answers every request with a new CountingBody over the recording (or a
     whole JSON answer when the request did not ask to stream), and keeps the requests and bodies."""
 
-    def __init__(self, body: list[bytes] | None = None) -> None:
+    def __init__(self, body: list[bytes] | None = None, paced: bool = False) -> None:
         self.requests: list[dict[str, Any]] = []
         self.bodies: list[CountingBody] = []
         self.events = body if body is not None else events()
+        self.paced = paced
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         sent = json.loads(request.content)
         self.requests.append(sent)
         if not sent.get("stream"):
             return httpx.Response(200, json=whole_answer())
-        body = CountingBody(list(self.events))
+        body = (PacedBody if self.paced else CountingBody)(list(self.events))
         self.bodies.append(body)
+        if self.paced:
+            return httpx.Response(200, stream=body, headers={"content-type": "text/event-stream"})
         return sse_response(body)
 
     def client(self) -> httpx.Client:
@@ -362,29 +378,182 @@ ARGS = ["--base-url", "http://test.invalid/v1", "--model", "m", "--prompt", "hi"
         "--temperature", "0", "--json"]
 
 
-@pytest.mark.parametrize("name", ["langchain_stream", "litellm_stream"])
+#: each example, the package it needs, and the client it is given
+EXAMPLE_CLIENTS = {
+    "langchain_stream": ("langchain_openai", lambda server: server.client()),
+    "litellm_stream": ("litellm", lambda server: openai_client(server)),
+    "openai_agents_stream": ("agents", lambda server: openai_client(server, asynchronous=True)),
+}
+
+
+def example_client(name: str, server: Server) -> Any:
+    package, make = EXAMPLE_CLIENTS[name]
+    pytest.importorskip(package, reason="pip install -e '.[langchain,litellm,agents,pydantic-ai]'")
+    return make(server)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_CLIENTS))
 def test_example_json_is_the_replay_summary_with_the_text(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("langchain_openai" if name.startswith("langchain") else "litellm",
-                        reason="pip install -e '.[langchain,litellm]'")
     server = Server()
-    client = server.client() if name.startswith("langchain") else openai_client(server)
+    client = example_client(name, server)
     summary = example(name).main(ARGS, client)
     printed = last_json_line(capsys.readouterr().out)
     replayed = livepplx.StreamState()
     replayed.handle(BODY)
     replayed.finish()
-    assert printed == summary == {**replayed.summary(), "text": ANSWER}
+    expected = {**replayed.summary(), "text": ANSWER}
+    if name == "openai_agents_stream":
+        expected["format"] = "openai-responses"  # the SDK's events carry the chat stream's logprobs
+    assert printed == summary == expected
 
 
-@pytest.mark.parametrize("name", ["langchain_stream", "litellm_stream"])
+@pytest.mark.parametrize("name", sorted(EXAMPLE_CLIENTS))
 def test_example_stops_and_escalates(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("langchain_openai" if name.startswith("langchain") else "litellm",
-                        reason="pip install -e '.[langchain,litellm]'")
-    server = Server()
-    client = server.client() if name.startswith("langchain") else openai_client(server)
+    server = Server(paced=name == "openai_agents_stream")
+    client = example_client(name, server)
     summary = example(name).main([*ARGS, "--stop-above", "1.01", "--escalate-to", "openai/big"], client)
     out = capsys.readouterr()
     assert last_json_line(out.out) == summary and "stopped at token 8" in out.err
     assert summary["stopped"] == {"reason": "ppl above 1.01", "choice": 0, "at_token": 8} and summary["tokens"] == 8
     assert summary["escalated"]["text"] == ANSWER and len(summary["text"]) < len(ANSWER)
     assert server.bodies[0].closed and server.requests[-1]["model"].endswith("big")
+
+
+# -- OpenAI Agents SDK ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def oa() -> Any:
+    pytest.importorskip("agents", reason="pip install -e '.[agents]'")
+    from agents import set_tracing_disabled
+
+    from livepplx.integrations import openai_agents
+
+    set_tracing_disabled(True)  # the SDK exports traces to OpenAI otherwise
+    return openai_agents
+
+
+def agent_for(server: Server, **settings: Any) -> Any:
+    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel
+
+    model = OpenAIChatCompletionsModel(model="m", openai_client=openai_client(server, asynchronous=True))
+    guardrails = settings.pop("output_guardrails", [])
+    return Agent(name="a", instructions="Be brief.", model=model, output_guardrails=guardrails,
+                 model_settings=ModelSettings(**{"top_logprobs": 3, "temperature": 0, **settings}))
+
+
+def test_agents_run_streamed_is_read_live_and_by_the_hooks(oa: Any) -> None:
+    from agents import Runner
+    from agents.stream_events import RawResponsesStreamEvent
+
+    async def main() -> None:
+        server = Server()
+        monitor = oa.RunMonitor()
+        result = Runner.run_streamed(agent_for(server), "hi", hooks=monitor)
+        seen = [event async for event in monitor.watch(result)]
+        deltas = "".join(e.data.delta for e in seen if isinstance(e, RawResponsesStreamEvent)
+                         and e.data.type == "response.output_text.delta")
+        assert deltas == ANSWER == result.final_output
+        live, whole = monitor.last, monitor.responses[-1]
+        assert live is not None and live.format == "openai-responses" and live.complete and live.error is None
+        assert live.tokens == whole.tokens == TOKENS
+        assert math.isclose(live.ppl, PPL, rel_tol=1e-12) and math.isclose(whole.ppl, PPL, rel_tol=1e-12)
+        assert server.requests[0]["logprobs"] is True and server.requests[0]["top_logprobs"] == 3
+
+    asyncio.run(main())
+
+
+def test_agents_stop_cancels_the_run_and_closes_the_response_before_the_callbacks(oa: Any) -> None:
+    from agents import Runner
+
+    async def main() -> None:
+        server, seen = Server(paced=True), []
+        monitor = oa.RunMonitor(triggers=[Trigger(min_tokens(5), stop=True,
+                                                  call=lambda e: seen.append((server.bodies[0].closed,
+                                                                              result.run_loop_task.done())))])
+        result = Runner.run_streamed(agent_for(server), "hi")
+        events = [event async for event in monitor.watch(result)]
+        assert monitor.stopped is not None and monitor.stopped.at_token == 5
+        assert seen == [(True, True)]  # the model's stream closed and the run task over, then the callback
+        assert result.final_output is None and server.bodies[0].read < len(server.bodies[0].events)
+        assert monitor.last is not None and monitor.last.tokens == 5 and events
+
+    asyncio.run(main())
+
+
+def test_agents_guardrail_trips_on_the_final_responses_perplexity(oa: Any) -> None:
+    from agents import Runner
+    from agents.exceptions import OutputGuardrailTripwireTriggered
+
+    async def main() -> None:
+        calm = oa.RunMonitor()
+        result = Runner.run_streamed(agent_for(Server(), output_guardrails=[calm.guardrail(max_ppl=PPL * 1.01)]), "hi",
+                                     hooks=calm)
+        async for _ in calm.watch(result):
+            pass
+        assert result.final_output == ANSWER
+        assert result.output_guardrail_results[0].output.output_info["tokens"] == TOKENS
+        strict = oa.RunMonitor()
+        result = Runner.run_streamed(agent_for(Server(), output_guardrails=[strict.guardrail(max_ppl=PPL * 0.99)]), "hi",
+                                     hooks=strict)
+        with pytest.raises(OutputGuardrailTripwireTriggered) as caught:
+            async for _ in strict.watch(result):
+                pass
+        info = caught.value.guardrail_result.output.output_info
+        assert info["tokens"] == TOKENS and math.isclose(info["ppl"], PPL, rel_tol=1e-12)
+        blind = oa.RunMonitor()  # no hooks=: the guardrail has nothing to judge by, and says so
+        result = Runner.run_streamed(agent_for(Server(), output_guardrails=[blind.guardrail(max_ppl=10)]), "hi")
+        with pytest.raises(livepplx.LivepplxError, match="hooks=monitor"):
+            async for _ in blind.watch(result):
+                pass
+
+    asyncio.run(main())
+
+
+def test_agents_run_without_streaming_is_scored_by_the_hooks(oa: Any) -> None:
+    from agents import Runner
+
+    async def main() -> None:
+        monitor = oa.RunMonitor()
+        result = await Runner.run(agent_for(Server()), "hi", hooks=monitor)
+        assert result.final_output == ANSWER and not monitor.states
+        assert monitor.responses[-1].tokens == TOKENS and math.isclose(monitor.responses[-1].ppl, PPL, rel_tol=1e-12)
+
+    asyncio.run(main())
+
+
+def test_agents_text_without_logprobs_is_named_not_zero(oa: Any) -> None:
+    from agents import Runner
+
+    async def main() -> None:
+        plain = [e.replace(b'"logprobs"', b'"x_logprobs"') for e in events()]
+        monitor = oa.RunMonitor()
+        result = Runner.run_streamed(agent_for(Server(plain), top_logprobs=None), "hi")
+        with pytest.raises(NoLogprobsError):
+            async for _ in monitor.watch(result):
+                pass
+        assert monitor.last is not None and monitor.last.tokens == 0
+        assert result.run_loop_task is not None and result.run_loop_task.done()  # the run was not left going
+
+    asyncio.run(main())
+
+
+def test_agents_options_are_checked(oa: Any) -> None:
+    with pytest.raises(ValueError, match="cancel_mode"):
+        oa.RunMonitor(cancel_mode="later")
+    with pytest.raises(TypeError, match="unknown monitor option"):
+        oa.RunMonitor(stop_abov=3)
+    with pytest.raises(ValueError, match="max_ppl"):
+        oa.RunMonitor().guardrail(max_ppl=0)
+    with pytest.raises(livepplx.LivepplxError, match="watch"):
+        oa.RunMonitor().summary()
+
+
+def test_agents_example_guardrail_escalates(capsys: pytest.CaptureFixture[str]) -> None:
+    server = Server()
+    client = example_client("openai_agents_stream", server)
+    summary = example("openai_agents_stream").main(
+        [*ARGS, "--max-ppl", f"{PPL * 0.99}", "--escalate-to", "big"], client)
+    assert "[guardrail: ppl" in capsys.readouterr().err
+    assert summary["stopped"] is None and summary["tokens"] == TOKENS and summary["text"] == ANSWER
+    assert summary["escalated"] == {"model": "big", "text": ANSWER} and server.requests[-1]["model"] == "big"
