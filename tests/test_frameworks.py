@@ -383,6 +383,7 @@ EXAMPLE_CLIENTS = {
     "langchain_stream": ("langchain_openai", lambda server: server.client()),
     "litellm_stream": ("litellm", lambda server: openai_client(server)),
     "openai_agents_stream": ("agents", lambda server: openai_client(server, asynchronous=True)),
+    "pydantic_ai_stream": ("pydantic_ai", lambda server: httpx.MockTransport(server)),
 }
 
 
@@ -557,3 +558,110 @@ def test_agents_example_guardrail_escalates(capsys: pytest.CaptureFixture[str]) 
     assert "[guardrail: ppl" in capsys.readouterr().err
     assert summary["stopped"] is None and summary["tokens"] == TOKENS and summary["text"] == ANSWER
     assert summary["escalated"] == {"model": "big", "text": ANSWER} and server.requests[-1]["model"] == "big"
+
+
+# -- pydantic-ai (through the tap) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pa() -> Any:
+    pytest.importorskip("pydantic_ai", reason="pip install -e '.[pydantic-ai]'")
+    from livepplx.integrations import pydantic_ai
+
+    return pydantic_ai
+
+
+def pydantic_agent(pa: Any, server: Server, tap: Any, **agent: Any) -> Any:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+
+    provider = pa.tapped_provider(tap, base_url="http://test.invalid/v1", inner=httpx.MockTransport(server),
+                                  max_retries=0)
+    return Agent(OpenAIChatModel("m", provider=provider), **agent)
+
+
+def test_pydantic_ai_run_stream_is_watched_by_the_tap(pa: Any) -> None:
+    from livepplx.integrations.tap import Tap
+
+    async def main() -> None:
+        server, tap = Server(), Tap()
+        async with pydantic_agent(pa, server, tap).run_stream("hi") as result:
+            text = "".join([delta async for delta in result.stream_text(delta=True)])
+        state = tap.last
+        assert text == ANSWER and state is not None and state.complete and state.error is None
+        assert state.tokens == TOKENS and math.isclose(state.ppl, PPL, rel_tol=1e-12)
+        # The tap asked for logprobs pydantic-ai did not ask for, and took them out again.
+        assert server.requests[0]["logprobs"] is True and server.requests[0]["top_logprobs"] == 5
+        assert "logprobs" not in (result.all_messages()[-1].provider_details or {})
+
+    asyncio.run(main())
+
+
+def test_pydantic_ai_stop_ends_the_run_normally_with_the_text_up_to_the_stop(pa: Any) -> None:
+    from livepplx.integrations.tap import Tap
+
+    async def main() -> None:
+        server, seen = Server(), []
+        tap = Tap(triggers=[stop_at(6, seen, lambda: server.bodies[0])])
+        async with pydantic_agent(pa, server, tap).run_stream("hi") as result:
+            text = "".join([delta async for delta in result.stream_text(delta=True)])
+        assert tap.last is not None and tap.last.stopped is not None and tap.last.tokens == 6
+        assert seen == [(6, True)]  # the tap closed the upstream first
+        assert text == tap.last.text() and ANSWER.startswith(text) and len(text) < len(ANSWER)
+        assert result.all_messages()[-1].finish_reason == "length"
+        assert server.bodies[0].read < len(server.bodies[0].events)
+
+    asyncio.run(main())
+
+
+def test_pydantic_ai_retry_above_asks_again_in_run_and_refuses_in_run_stream(pa: Any) -> None:
+    from pydantic_ai.exceptions import UnexpectedModelBehavior
+
+    from livepplx.integrations.tap import Tap
+
+    async def main() -> None:
+        server, tap = Server(), Tap()
+        agent = pydantic_agent(pa, server, tap, retries=1)
+        agent.output_validator(pa.retry_above(tap, max_ppl=PPL * 0.99))
+
+        async def handler(ctx: Any, events: Any) -> None:  # makes run() stream its requests
+            async for _ in events:
+                pass
+
+        with pytest.raises(UnexpectedModelBehavior, match="retries"):
+            await agent.run("hi", event_stream_handler=handler)
+        assert len(server.requests) == 2 and all(r["stream"] for r in server.requests)
+        assert "perplexity" in json.dumps(server.requests[1]["messages"])  # the retry told the model why
+        with pytest.raises(UnexpectedModelBehavior, match="run_stream"):
+            async with agent.run_stream("hi") as result:
+                async for _ in result.stream_text(delta=True):
+                    pass
+        calm = pydantic_agent(pa, Server(), tap)
+        calm.output_validator(pa.retry_above(tap, max_ppl=PPL * 1.01))
+        assert (await calm.run("hi", event_stream_handler=handler)).output == ANSWER
+
+    asyncio.run(main())
+
+
+def test_pydantic_ai_bad_input_is_named(pa: Any) -> None:
+    from livepplx.integrations.tap import Tap
+
+    async def main() -> None:
+        # Text without logprobs (a server that ignores the request): said on the answer, never 0 tokens; the run goes on.
+        odd = [sse({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}, done=False)
+               for w in ("a", "b", "c")] + [b"data: [DONE]\n\n"]
+        tap = Tap()
+        async with pydantic_agent(pa, Server(odd), tap).run_stream("hi") as result:
+            assert "".join([d async for d in result.stream_text(delta=True)]) == "abc"
+        assert tap.last is not None and tap.last.tokens == 0 and "without logprobs" in (tap.last.error or "")
+        with pytest.raises(livepplx.LivepplxError, match="without logprobs"):
+            pa.retry_above(tap, max_ppl=10)(None, "abc")
+        with pytest.raises(livepplx.LivepplxError, match="tapped_provider"):
+            pa.retry_above(Tap(), max_ppl=10)(None, "abc")
+        with pytest.raises(TypeError, match="Tap"):
+            pa.tapped_provider(object())
+        with pytest.raises(ValueError, match="max_ppl"):
+            pa.retry_above(tap, max_ppl=-1)
+
+    asyncio.run(main())
