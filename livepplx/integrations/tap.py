@@ -487,6 +487,7 @@ class _Watch:
         self._needles = (b'logprobs"',) * bool(plan.added) + (b'"usage"',) * ("usage" in plan.added)
         self._first: Any = None  # the first event's JSON (the answer's id, model, ...)
         self._last_unit = b""
+        self.flushed = False
         self.finished = False
 
     # bytes in, bytes out
@@ -498,7 +499,10 @@ class _Watch:
         return self._feed(data)
 
     def flush(self) -> bytes:
-        """The upstream ended: what is left, then the state's judgement of the whole stream."""
+        """The upstream ended: what is left, then the state's judgement of the whole stream. Once."""
+        if self.flushed:
+            return b""
+        self.flushed = True
         rest = self.decoder.flush() if self.decoder is not None else b""
         out = self._feed(rest) if rest else b""
         tail, self._pending = self._pending, b""
@@ -676,10 +680,20 @@ class _Watch:
         return b""
 
     def finish(self) -> bool:
-        """Mark the answer over; False if it already was."""
+        """Mark the answer over; False if it already was.
+
+        A caller that closes after the stream's end was read (the openai SDK stops reading at
+        ``[DONE]``) still gets the whole stream judged (:meth:`StreamState.finish`), never raising
+        from a close; one that closes earlier leaves the statistics as read, as :func:`monitor` does.
+        """
         if self.finished:
             return False
         self.finished = True
+        if not self.flushed and self.state.stopped is None and self.state.complete:
+            try:
+                self.flush()
+            except NoLogprobsError:
+                pass  # recorded on the state; a close does not raise
         return True
 
 
@@ -1191,11 +1205,18 @@ class _TapStream(_StreamBase):
         self.inner = inner
         self.watch = watch
         self._closed = False
+        self._source: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
+        # Iterated again (the openai SDK drains a response after [DONE]), it goes on from where
+        # the upstream is, once: every byte is read and counted once.
+        if self._closed or self.watch.finished:
+            return
+        if self._source is None:
+            self._source = iter(self.inner)
         watch, state = self.watch, self.watch.state
         try:
-            for raw in self.inner:
+            for raw in self._source:
                 if state.stopped is None:
                     out = watch.feed(raw)
                 else:
@@ -1252,11 +1273,16 @@ class _AsyncTapStream(_AsyncStreamBase):
         self.inner = inner
         self.watch = watch
         self._closed = False
+        self._source: AsyncIterator[bytes] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._closed or self.watch.finished:  # iterated again: see _TapStream
+            return
+        if self._source is None:
+            self._source = self.inner.__aiter__()
         watch, state = self.watch, self.watch.state
         try:
-            async for raw in self.inner:
+            async for raw in self._source:
                 if state.stopped is None:
                     out = watch.feed(raw)
                 else:
