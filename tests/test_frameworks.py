@@ -183,6 +183,53 @@ def test_langchain_async_stream_and_stop(lc: Any) -> None:
     asyncio.run(main())
 
 
+def langgraph_of(llm: Any) -> Any:
+    """The smallest LangGraph agent: one node that calls the model."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", lambda state: {"messages": [llm.invoke(state["messages"])]})
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    return graph.compile()
+
+
+def test_langgraph_streams_messages_watched_per_model_call_and_stops(lc: Any) -> None:
+    pytest.importorskip("langgraph", reason="pip install -e '.[langchain]'")
+    handler = lc.LivepplxCallbackHandler()
+    graph = langgraph_of(chat_openai(Server()))
+    pieces = [chunk.content for chunk, _ in graph.stream({"messages": [("user", "hi")]},
+                                                           config={"callbacks": [handler]}, stream_mode="messages")]
+    assert "".join(pieces) == ANSWER and len(handler.states) == 1
+    state = handler.latest
+    assert state is not None and state.tokens == TOKENS and math.isclose(state.ppl, PPL, rel_tol=1e-12)
+    server, seen = Server(), []
+    stopper = lc.LivepplxCallbackHandler(triggers=[stop_at(5, seen, lambda: server.bodies[0])])
+    with pytest.raises(lc.StreamStopped):
+        langgraph_of(chat_openai(server)).invoke({"messages": [("user", "hi")]}, config={"callbacks": [stopper]})
+    assert seen == [(5, True)]  # inside a graph the model is invoked: closed first, then the callback
+    assert server.bodies[0].read < len(server.bodies[0].events)
+
+
+def test_langchain_over_the_tap_stops_as_a_normal_end(lc: Any) -> None:
+    """The tap under ChatOpenAI: closed first on every path, and the stream ends as a normal
+    end, so LangChain returns the message up to the stop."""
+    from livepplx.integrations.tap import Tap
+
+    server, seen = Server(), []
+    tap = Tap(triggers=[stop_at(5, seen, lambda: server.bodies[0])])
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url="http://test.invalid/v1", api_key="sk-test", model="m", max_retries=0, streaming=True,
+                     http_client=httpx.Client(transport=tap.transport(httpx.MockTransport(server))))
+    chunks = list(llm.stream("hi"))
+    assert seen == [(5, True)] and tap.last is not None and tap.last.stopped is not None
+    assert "".join(c.content for c in chunks) == tap.last.text() and tap.last.tokens == 5
+    assert [c.response_metadata.get("finish_reason") for c in chunks if c.response_metadata.get("finish_reason")] \
+        == ["length"]
+    assert server.bodies[0].read < len(server.bodies[0].events)
+
+
 def test_langchain_fallback_escalates_a_stopped_run(lc: Any) -> None:
     """LangChain's own escalation: with_fallbacks on StreamStopped asks the second model."""
     first, second = Server(), Server()
