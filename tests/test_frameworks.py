@@ -523,8 +523,10 @@ def test_agents_stop_cancels_the_run_and_closes_the_response_before_the_callback
         events = [event async for event in monitor.watch(result)]
         assert monitor.stopped is not None and monitor.stopped.at_token == 5
         assert seen == [(True, True)]  # the model's stream closed and the run task over, then the callback
-        assert result.final_output is None and server.bodies[0].read < len(server.bodies[0].events)
-        assert monitor.last is not None and monitor.last.tokens == 5 and events
+        assert result.final_output is None and monitor.last is not None and monitor.last.tokens == 5 and events
+        # The SDK's run task reads ahead of the consumer: at most one event past the crossing one
+        # (the role event and 5 tokens are 6) when the server paces its events as a network does.
+        assert server.bodies[0].read <= 7
 
     asyncio.run(main())
 

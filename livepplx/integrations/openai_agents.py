@@ -24,7 +24,10 @@ the chat-completions model against it.) :class:`RunMonitor` reads a run's events
 (``result.cancel("immediate")``: the run task is cancelled and the model's HTTP response
 closed, so the server stops), reads the run's event stream to its end (which waits for the
 run task to be done), then runs the triggers' callbacks (awaited when async), then hands on
-the event that crossed and ends. ``result.final_output`` is then None: the run was cut.
+the event that crossed and ends. ``result.final_output`` is then None: the run was cut. The
+SDK's run task reads the model's stream ahead of the consumer, into an unbounded queue: with a
+network between, at most an event ahead; a server that sends everything at once is read whole
+before the stop can land.
 
 **The guardrail.** :meth:`RunMonitor.guardrail` is an output guardrail that trips when the
 response that gave the final output has a running perplexity above ``max_ppl``: the SDK
@@ -35,11 +38,11 @@ guardrail runs): pass ``hooks=monitor`` to the run. They are the same numbers as
 ones (the same logprobs, kept by the SDK in the response's ``output_text`` parts), and they
 are there for ``Runner.run`` too.
 
-**What is read.** Raw events are read by the type rule of :mod:`livepplx.formats`; a response
-whose events none of which livepplx can read is the error "not a stream livepplx can read"
-(:class:`~livepplx.errors.StreamFormatError` from :meth:`~RunMonitor.watch`), text without
-logprobs is :class:`~livepplx.errors.NoLogprobsError` (``ModelSettings(top_logprobs=...)``
-forgotten, or a model whose path drops them), never "0 tokens".
+**What is read.** The raw events, by the type rule of :mod:`livepplx.formats` (the SDK's
+events are all Responses-shaped). Text without logprobs (``ModelSettings(top_logprobs=...)``
+forgotten, or a model whose path drops them) is :class:`~livepplx.errors.NoLogprobsError`
+from :meth:`~RunMonitor.watch`, and the run is cancelled: never "0 tokens". A response with
+no text (a tool call) has 0 tokens and no error.
 """
 
 from __future__ import annotations
