@@ -33,8 +33,8 @@ from .textsafe import safe_line, safe_text
 __all__ = ["main"]
 
 _READ_SIZE = 1 << 16
-#: Tokens per second of `livepplx demo`: about what a small local model streams.
-DEMO_PACE = 40.0
+#: Tokens per second of `livepplx demo`: slow enough to watch the gauge move.
+DEMO_PACE = 12.0
 #: ``--timeout``'s default: the longest a server may stay silent, before its first byte or
 #: between two. The SDK's 600 s suits a whole answer sent at once; a stream that said nothing
 #: for a minute has stalled (a long prompt on a slow local server: raise it).
@@ -391,17 +391,60 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    code = 0
-    for name in [args.name] if args.name else list(RECORDINGS):
-        if not args.json:
-            print(f"== {name}: {RECORDINGS[name]}")
+    from .recordings import SCENES
+
+    scenes = [scene for scene in SCENES if args.name in (None, scene.recording)]
+    if args.local and not scenes:
+        raise _Fail(f"--local plays the demo's scenes ({', '.join(s.recording for s in SCENES)}); "
+                    f"{args.name} is a recording: replay it without --local")
+    if not scenes:  # one recording by name, replayed as it was captured
         state = _state(args)
-        run = _Run(args, state, name)
-        with open(recording_path(name), "rb") as f:
+        run = _Run(args, state, args.name)
+        with open(recording_path(args.name), "rb") as f:
             run.read(_paced(f, state, args.speed) if args.speed else _reads(f))
-        code = max(code, run.report())
+        return run.report()
+    code = 0
+    for number, scene in enumerate(scenes):
+        if number and sys.stdout.isatty() and not args.json:
+            time.sleep(1.0)  # a moment to read the last frame before the next scene
+        code = max(code, _scene(args, scene))
         if code == 130:
             break
+    return code
+
+
+def _scene(args: argparse.Namespace, scene: Any) -> int:
+    """One scene: its answer (recorded, or live with --local) watched by the scenes' rule,
+    which escalates: the stream is closed first, then the escalation is told."""
+    from .recordings import QA_STOP, SCENE_PPL, SCENE_WARMUP
+    from .triggers import Trigger, min_tokens, ppl_above
+
+    escalations: list[Any] = []
+    rule = Trigger(ppl_above(SCENE_PPL) & min_tokens(SCENE_WARMUP), escalate=escalations.append,
+                   name=f"unsure: ppl above {SCENE_PPL:g} after {SCENE_WARMUP} tokens")
+    state = StreamState(window=args.window, stop_above=args.stop_above, min_tokens=args.min_tokens,
+                        on_missing_logprobs="ignore", triggers=[rule])
+    if not args.json:
+        print(f"== {scene.title}\n   Q: {scene.question}", flush=True)
+    if args.local:
+        from .local import LocalClient, default_model
+
+        run = _Run(args, state, "gemma-3-270m (local, live)")
+        try:
+            client = LocalClient(default_model(on_note=_say))
+            run.read(client.completions.create(model="gemma", prompt=scene.prompt, stream=True, logprobs=5,
+                                               max_tokens=scene.max_tokens, temperature=0, stop=list(QA_STOP)))
+        except LivepplxError as e:
+            raise _Fail(str(e)) from None
+    else:
+        run = _Run(args, state, f"{scene.recording} (recorded)")
+        with open(recording_path(scene.recording), "rb") as f:
+            run.read(_paced(f, state, args.speed) if args.speed else _reads(f))
+    if not args.json and not sys.stdout.isatty():
+        print(f"   A:{safe_text(state.text(0))}" + (" ■" if state.stopped else ""))
+    code = run.report()
+    if not args.json and not run.interrupted:
+        print(f"   -> {scene.fired if escalations else scene.calm}\n", flush=True)
     return code
 
 
@@ -450,8 +493,16 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _chat_local(args: argparse.Namespace) -> int:
-    from .local import local_chat
+    from .local import LocalClient, default_model
+    from .recordings import QA_PROMPT, QA_STOP
 
+    if not args.prompt.strip():
+        raise _Fail("the prompt is empty: ask a question, e.g. livepplx chat --local 'What is the capital of Peru?'")
+    # The Gemma on PyPI is a base model: the question is asked in a few-shot prompt (as the
+    # demo's scenes are), on completions, and the answer ends with its line.
+    prompt = QA_PROMPT.format(question=args.prompt)
+    if args.system:
+        prompt = f"{args.system}\n{prompt}"
     state = _state(args)
     run = _Run(args, state, "gemma-3-270m (local)")
     # The chunks are dicts: recorded as the SSE a server would send, [DONE] only at the end.
@@ -462,8 +513,10 @@ def _chat_local(args: argparse.Namespace) -> int:
             recording.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
         try:
-            chunks = local_chat(_messages(args), max_tokens=args.max_tokens, temperature=args.temperature or 0.0,
-                                top_logprobs=args.top_logprobs)
+            client = LocalClient(default_model(on_note=_say))
+            chunks = client.completions.create(
+                model="gemma", prompt=prompt, stream=True, logprobs=args.top_logprobs, max_tokens=args.max_tokens,
+                temperature=args.temperature or 0.0, stop=list(QA_STOP), stream_options={"include_usage": True})
             run.read(chunks, save if recording else None)
         except LivepplxError as e:
             raise _Fail(str(e)) from None
@@ -708,11 +761,18 @@ def _parser() -> argparse.ArgumentParser:
     _monitor_options(replay)
     replay.set_defaults(run=_replay)
 
-    demo = _sub(sub, "demo", "replay real recordings shipped in the package: no key, no network, no server",
-                "  livepplx demo\n  livepplx demo llamacpp-python-chat --stop-above 12\n  livepplx demo --speed 200")
-    demo.add_argument("name", nargs="?", choices=list(RECORDINGS), help="one recording (default: all)")
+    from .recordings import SCENE_RECORDINGS
+
+    demo = _sub(sub, "demo", "what livepplx is for, in two scenes: a confident answer, and an unsure one cut and "
+                "escalated (real recordings shipped in the package: no key, no network, no server)",
+                "  livepplx demo\n  livepplx demo --local                # the same scenes, live on the embedded model\n"
+                "  livepplx demo llamacpp-python-chat --stop-above 12\n  livepplx demo --speed 200")
+    demo.add_argument("name", nargs="?", choices=[*SCENE_RECORDINGS, *RECORDINGS],
+                      help="one scene or recording (default: the scenes)")
     demo.add_argument("--speed", type=_speed, default=DEMO_PACE, metavar="TOKENS_PER_S",
-                      help=f"tokens per second (default {DEMO_PACE:g}, a small local model's pace)")
+                      help=f"tokens per second of the recordings (default {DEMO_PACE:g})")
+    demo.add_argument("--local", action="store_true",
+                      help="play the scenes live on the embedded model (pip install 'livepplx[local]')")
     _monitor_options(demo)
     demo.set_defaults(run=_demo)
 

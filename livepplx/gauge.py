@@ -216,7 +216,11 @@ class Gauge:
             lines += [Text.assemble(("PPL ", "bold"), (number.strip(), f"bold {colour}")), bar_row, spark, facts_text]
         lines += self._trigger_lines(stats.index)
         if self.show_text and recent:
-            lines.append(self._coloured_text(recent, inner * 2))
+            text = self._coloured_text(recent, inner * 2)
+            stop = self.state.stopped
+            if stop is not None and stop.choice == stats.index:
+                text.append(" ■", style="bold red")  # the answer was cut here
+            lines.append(text)
         # A Text, not a str: Rich would read markup in a model's or a file's name.
         title = Text(f"choice {stats.index}" + (f" · {safe_line(self.title)}" if self.title else ""))
         return Panel(Group(*lines), title=title, title_align="left", border_style=colour, width=width)
@@ -224,9 +228,16 @@ class Gauge:
     def _trigger_lines(self, choice: int) -> list[Text]:
         out = []
         stop = self.state.stopped
+        events = list(self.state.events)
         if stop is not None and stop.choice == choice:
-            out.append(Text(f"■ stopped at token {stop.at_token}: {safe_line(stop.reason)}", style="bold red"))
-        events = [e for e in list(self.state.events) if e.choice == choice
+            # Where (the token that crossed) and why (the rule, and the value it saw), when a trigger stopped it.
+            fired = next((e for e in events if e.choice == choice and e.trigger == stop.reason
+                          and e.at_token == stop.at_token), None)
+            ppl = fired.stats.get("ppl") if fired is not None else None
+            why = f" · on {safe_line(repr(fired.token))}" if fired is not None else ""
+            why += f", ppl {ppl:.2f}" if isinstance(ppl, float) and why else ""
+            out.append(Text(f"■ stopped at token {stop.at_token}: {safe_line(stop.reason)}{why}", style="bold red"))
+        events = [e for e in events if e.choice == choice
                   and not (stop is not None and e.trigger == stop.reason and e.at_token == stop.at_token)]
         for event in events[-2:]:
             out.append(Text(f"⚡ {safe_line(event.trigger)} at token {event.at_token}", style="magenta"))
