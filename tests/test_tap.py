@@ -161,6 +161,21 @@ def test_raw_bytes_pass_unchanged_and_statistics_equal_replay(lib: Any, recordin
     assert server.requests[0].headers["accept-encoding"] == "identity"
 
 
+@pytest.mark.parametrize("end", [b"\r\n", b"\r"])
+def test_crlf_and_cr_line_ends_are_cut_at_their_blank_lines(lib: Any, end: bytes) -> None:
+    data = CHAT.read_bytes().replace(b"\n", end)
+    pieces = [data[i:i + 5] for i in range(0, len(data), 5)]  # a line end split between two pieces
+    server = Server(lib, lambda request: (200, "text/event-stream", pieces, {}))
+    tap = Tap(ask_logprobs=False, triggers=[Trigger(min_tokens(3), stop=True)])
+    with lib.Client(transport=tap.transport(server.transport())) as http:
+        with http.stream("POST", "http://x/v1/chat/completions", json={"stream": True}) as r:
+            got = b"".join(r.iter_bytes())
+    prefix = b"".join(event + end * 2 for event in data.split(end * 2)[:4])  # the role chunk and three tokens
+    assert got.startswith(prefix) and tap.last.tokens == 3
+    finish = json.loads(got[len(prefix):].split(b"\n\n")[0][5:])  # then the finish chunk, and [DONE]
+    assert finish["choices"][0]["finish_reason"] == "length" and got.endswith(b"\n\ndata: [DONE]\n\n")
+
+
 def test_async_raw_bytes_pass_unchanged_and_statistics_equal_replay(lib: Any, recording: Path) -> None:
     data = recording.read_bytes()
     server = serving(lib, data)
@@ -453,6 +468,21 @@ def test_a_stop_ends_every_unfinished_choice_then_done(lib: Any) -> None:
     finishes = [json.loads(line[5:]) for line in tail.split(b"\n\n") if line.startswith(b"data: {")]
     assert [(f["choices"][0]["index"], f["choices"][0]["finish_reason"]) for f in finishes] == [(0, "stop")]
     assert tail.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_stop_in_the_last_event_held_till_the_end_still_ends_normally(lib: Any) -> None:
+    """The last event came without its blank line: it is read at the end, and may cross."""
+    data = CHAT.read_bytes()
+    events = events_of(data)
+    cut = b"".join(events[:4]) + events[4].rstrip(b"\n") + b"\n"  # the 4th token, then the stream ends
+    tap = Tap(ask_logprobs=False, triggers=[Trigger(min_tokens(4), stop=True, name="four")])
+    with lib.Client(transport=tap.transport(Server(lib, lambda r: (200, "text/event-stream", [cut], {})).transport())) \
+            as http:
+        with http.stream("POST", "http://x/v1/chat/completions", json={"stream": True}) as r:
+            got = b"".join(r.iter_bytes())
+    assert tap.last.stopped is not None and tap.last.stopped.at_token == 4
+    assert got.startswith(cut) and got.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"length"' in got[len(cut):]
+    assert all(event.count(b"data:") == 1 for event in got.split(b"\n\n") if event)  # the held event was ended
 
 
 def test_tap_stop_from_outside_takes_effect_at_the_next_chunk(lib: Any) -> None:

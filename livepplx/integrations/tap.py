@@ -487,6 +487,7 @@ class _Watch:
         self._needles = (b'logprobs"',) * bool(plan.added) + (b'"usage"',) * ("usage" in plan.added)
         self._first: Any = None  # the first event's JSON (the answer's id, model, ...)
         self._last_unit = b""
+        self._end_bytes = b"\n\n"  # how the bytes handed on so far end
         self.flushed = False
         self.finished = False
 
@@ -506,7 +507,7 @@ class _Watch:
         rest = self.decoder.flush() if self.decoder is not None else b""
         out = self._feed(rest) if rest else b""
         tail, self._pending = self._pending, b""
-        if tail:
+        if tail and self.state.stopped is None:
             out += self._guarded(tail)
         if self._reading and not self._broken:
             self._judge(self.state.finish)
@@ -525,11 +526,15 @@ class _Watch:
         start = max(0, len(self._pending) - 3)  # a boundary may straddle the held bytes and the new
         out: list[bytes] = []
         pos = 0
+        cr = self.sse and b"\r" in buf  # memchr: the regex only for CR line ends, 10x slower than find
         try:
             while True:
-                if self.sse:
+                if cr:
                     match = _SSE_END.search(buf, start)
                     end = match.end() if match is not None else -1
+                elif self.sse:
+                    blank = buf.find(b"\n\n", start)
+                    end = blank + 2 if blank >= 0 else -1
                 else:
                     newline = buf.find(b"\n", start)
                     end = newline + 1 if newline >= 0 else -1
@@ -591,6 +596,8 @@ class _Watch:
                     unit = _rewrite(unit, bool(self.sse), parsed, obj)
         if whole and unit.strip(_WHITE):
             self._last_unit = unit
+        if unit:
+            self._end_bytes = unit[-4:]
         return unit
 
     def _look(self, parsed: tuple[Any, list[bytes], int] | None) -> None:
@@ -651,6 +658,9 @@ class _Watch:
             if isinstance(obj, dict):
                 seen.update({k: v for k, v in obj.items() if v is not None})
         reason = self.tap.stop_finish_reason
+        # The last event handed on may lack its blank line (held till the end): end it first.
+        end = self._end_bytes
+        lead = b"" if end.endswith((b"\n\n", b"\n\r\n", b"\r\r")) else b"\n" if end[-1:] in (b"\n", b"\r") else b"\n\n"
         if fmt in ("openai-chat", "openai-completions"):
             chat = fmt == "openai-chat"
             head = {"id": seen.get("id", "livepplx-stopped"),
@@ -663,7 +673,7 @@ class _Watch:
                 choice: dict[str, Any] = ({"index": index, "delta": {}, "finish_reason": reason} if chat else
                                           {"index": index, "text": "", "logprobs": None, "finish_reason": reason})
                 out.append(b"data: " + _dumps({**head, "choices": [choice]}) + b"\n\n")
-            return b"".join(out) + b"data: [DONE]\n\n"
+            return lead + b"".join(out) + b"data: [DONE]\n\n"
         if fmt == "openai-responses":
             if state.ended:
                 return b""
@@ -676,7 +686,7 @@ class _Watch:
             sequence = seen.get("sequence_number")
             if isinstance(sequence, int) and not isinstance(sequence, bool):
                 event["sequence_number"] = sequence + 1
-            return b"event: response.incomplete\ndata: " + _dumps(event) + b"\n\n"
+            return lead + b"event: response.incomplete\ndata: " + _dumps(event) + b"\n\n"
         return b""
 
     def finish(self) -> bool:
@@ -1229,6 +1239,9 @@ class _TapStream(_StreamBase):
                 if out:
                     yield out
             rest = watch.flush()
+            if state.stopped is not None:  # the last events, held till the end, crossed
+                yield self._stop(rest)
+                return
             self._end()
             if rest:
                 yield rest
@@ -1295,6 +1308,9 @@ class _AsyncTapStream(_AsyncStreamBase):
                 if out:
                     yield out
             rest = watch.flush()
+            if state.stopped is not None:
+                yield await self._stop(rest)
+                return
             await self._end()
             if rest:
                 yield rest
