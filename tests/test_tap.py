@@ -23,7 +23,10 @@ from typing import Any, Callable, Iterator
 
 import openai
 import pytest
-from conftest import CountingBody, ppl_of, recorded_logprobs, replay, sse, token_event
+from conftest import ALL_RECORDINGS, CountingBody, ppl_of, recorded_logprobs, replay, sse, token_event
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from livepplx import NoLogprobsError, StreamState, Trigger, min_tokens, recording_path
 from livepplx.errors import CallbackError
@@ -174,6 +177,55 @@ def test_crlf_and_cr_line_ends_are_cut_at_their_blank_lines(lib: Any, end: bytes
     assert got.startswith(prefix) and tap.last.tokens == 3
     finish = json.loads(got[len(prefix):].split(b"\n\n")[0][5:])  # then the finish chunk, and [DONE]
     assert finish["choices"][0]["finish_reason"] == "length" and got.endswith(b"\n\ndata: [DONE]\n\n")
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    cuts = sorted(cuts)
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(ALL_RECORDINGS), st.lists(st.floats(0, 1), max_size=40))
+def test_any_split_of_any_recording_passes_unchanged_and_reads_as_replay(recording: Path, cuts: list[float]) -> None:
+    import httpx
+
+    data = recording.read_bytes()
+    pieces = _pieces(data, [int(c * len(data)) for c in cuts])
+    tap = Tap(ask_logprobs=False, endpoints=("/chat/completions", "/completions", "/completion"))
+    server = Server(httpx, lambda request: (200, "text/event-stream", pieces, {}))
+    with httpx.Client(transport=tap.transport(server.transport())) as http:
+        with http.stream("POST", "http://x" + _path(recording), json={"stream": True}) as r:
+            assert b"".join(r.iter_bytes()) == data
+    assert summary(tap.last) == summary(replay(data))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([CHAT, recording_path("llamacpp-python-chat"), COMPLETIONS]), st.integers(1, 50),
+       st.lists(st.floats(0, 1), max_size=20))
+def test_a_stop_at_any_token_hands_on_the_events_to_the_crossing_one_then_a_normal_end(
+        recording: Path, k: int, cuts: list[float]) -> None:
+    import httpx
+
+    data = recording.read_bytes()
+    events = events_of(data)
+    reference = StreamState()  # the events up to the one that carries the k-th token, read one by one
+    upto = 0
+    while reference.tokens < k and upto < len(events):
+        reference.handle(events[upto])
+        upto += 1
+    body = CountingBody(_pieces(data, [int(c * len(data)) for c in cuts]))
+    tap = Tap(ask_logprobs=False, triggers=[Trigger(min_tokens(k), stop=True)])
+    server = Server(httpx, lambda request: (200, "text/event-stream", body, {}))
+    chunks = list(sdk(httpx, tap.transport(server.transport())).chat.completions.create(
+        model="m", messages=MESSAGES, stream=True) if "chat" in recording.stem else
+        sdk(httpx, tap.transport(server.transport())).completions.create(model="m", prompt="x", stream=True))
+    expected = [json.loads(e.strip()[5:]) for e in events[:upto] if e.startswith(b"data: {")]
+    if tap.last.stopped is None:  # k past the answer's last token: read to its end
+        assert reference.tokens < k and len(chunks) == len(expected)
+        return
+    assert body.closed and tap.last.tokens == k == reference.tokens
+    assert dicts(chunks[:-1]) == [c for c in expected]  # SDK objects as the server sent them
+    assert chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_async_raw_bytes_pass_unchanged_and_statistics_equal_replay(lib: Any, recording: Path) -> None:
@@ -452,6 +504,24 @@ def test_a_stop_in_the_async_transport_awaits_async_callbacks_after_the_close(li
     assert all(c.choices[0].logprobs is None for c in chunks)  # asked by the tap, taken out again
 
 
+def test_litellm_ends_a_stopped_stream_normally(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM raises MidStreamFallbackError on a stream that ends without a finish_reason; after
+    the tap's stop its CustomStreamWrapper ends as after any answer cut by max_tokens."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = pytest.importorskip("litellm", reason="pip install -e '.[litellm]'")
+    import httpx
+
+    body = counting_chat()
+    tap = Tap(triggers=[Trigger(min_tokens(10), stop=True)])
+    monkeypatch.setattr(litellm, "client_session", httpx.Client(transport=tap.transport(
+        Server(httpx, lambda request: (200, "text/event-stream", body, {})).transport())))
+    chunks = list(litellm.completion(model="openai/m", api_base="http://tap-stop.invalid/v1", api_key="k",
+                                     messages=MESSAGES, stream=True))
+    assert body.closed and body.read == 10 and tap.last.stopped is not None
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(f"t{i}" for i in range(10))
+
+
 def test_a_stop_ends_every_unfinished_choice_then_done(lib: Any) -> None:
     events = [token_event("a", -0.1, index=0), token_event("b", -0.1, index=1),
               sse({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
@@ -483,6 +553,39 @@ def test_a_stop_in_the_last_event_held_till_the_end_still_ends_normally(lib: Any
     assert tap.last.stopped is not None and tap.last.stopped.at_token == 4
     assert got.startswith(cut) and got.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"length"' in got[len(cut):]
     assert all(event.count(b"data:") == 1 for event in got.split(b"\n\n") if event)  # the held event was ended
+
+
+def ollama_stream(n: int = 30) -> bytes:
+    """Ollama's native /api/chat stream (NDJSON): a logprobs list beside each message delta."""
+    lines = [{"model": "gemma3", "created_at": f"2026-01-01T00:00:{i:02d}Z",
+              "message": {"role": "assistant", "content": f"w{i}"},
+              "logprobs": [{"token": f"w{i}", "logprob": -0.05 * (i % 9), "top_logprobs": []}], "done": False}
+             for i in range(n)]
+    lines.append({"model": "gemma3", "created_at": "2026-01-01T00:01:00Z", "message": {"role": "assistant",
+                  "content": ""}, "done": True, "done_reason": "stop", "eval_count": n})
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def test_an_ndjson_stream_is_watched_and_a_stop_ends_it_with_done(lib: Any) -> None:
+    data = ollama_stream()
+    pieces = _pieces(data, list(range(0, len(data), 97)))
+    tap = Tap(endpoints=("/api/chat",))
+    server = Server(lib, lambda request: (200, "application/x-ndjson", pieces, {}))
+    with lib.Client(transport=tap.transport(server.transport())) as http:
+        with http.stream("POST", "http://x/api/chat", json={"model": "gemma3", "messages": MESSAGES}) as r:
+            assert b"".join(r.iter_bytes()) == data
+    assert summary(tap.last) == summary(replay(data)) and tap.last.format == "ollama" and tap.last.tokens == 30
+    assert server.bodies[0] == {"model": "gemma3", "messages": MESSAGES}  # only OpenAI endpoints are asked
+
+    body = CountingBody(data.splitlines(keepends=True))
+    tap = Tap(endpoints=("/api/chat",), triggers=[Trigger(min_tokens(5), stop=True)])
+    server = Server(lib, lambda request: (200, "application/x-ndjson", body, {}))
+    with lib.Client(transport=tap.transport(server.transport())) as http:
+        with http.stream("POST", "http://x/api/chat", json={"model": "gemma3", "messages": MESSAGES}) as r:
+            lines = [json.loads(line) for line in b"".join(r.iter_bytes()).splitlines()]
+    assert body.closed and body.read == 5 and len(lines) == 6
+    assert lines[-1] == {"model": "gemma3", "created_at": "2026-01-01T00:00:04Z",
+                         "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "length"}
 
 
 def test_tap_stop_from_outside_takes_effect_at_the_next_chunk(lib: Any) -> None:

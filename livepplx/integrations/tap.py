@@ -42,8 +42,8 @@ made on first use from the request's library (``HTTPTransport()`` / ``AsyncHTTPT
 an ``inner`` of the other library than the client is a :class:`TypeError` that says so.
 
 **What is watched.** A ``POST`` with a JSON body to a path that ends with one of ``endpoints``
-(default ``/chat/completions``, ``/completions``, ``/responses``), answered 2xx with
-``text/event-stream``, NDJSON, or JSON. Everything else (a ``GET``, an upload, an HTML error
+(default ``/chat/completions``, ``/completions``, ``/responses``; other paths given there are
+watched and never asked for anything), answered 2xx with ``text/event-stream``, NDJSON, or JSON. Everything else (a ``GET``, an upload, an HTML error
 page, a 4xx, a body in an encoding the tap cannot read) passes through untouched and records
 nothing. A watched request is sent with ``Accept-Encoding: identity`` so the bytes at the
 transport are the text (gzip and deflate are decoded when a server compresses anyway: the
@@ -82,7 +82,9 @@ upstream response FIRST (the server stops generating), then runs the callbacks t
 caller the events up to the one that crossed and a normal end: for chat and completions one
 chunk per unfinished choice with an empty delta and ``finish_reason: "length"``
 (``stop_finish_reason``), then ``data: [DONE]``; for Responses a ``response.incomplete`` event
-(reason ``max_output_tokens``) carrying the response the stream opened with. Why ``"length"``:
+(reason ``max_output_tokens``) carrying the response the stream opened with; for Ollama's NDJSON
+(``endpoints=("/api/chat",)``) a last line ``"done": true, "done_reason": "length"``; other
+formats just end. Why ``"length"``:
 the answer was cut by a limit, not finished by the model; ``"length"`` is what every client
 already handles as "truncated by a budget" (LiteLLM raises ``MidStreamFallbackError`` on a
 stream that ends without any ``finish_reason``, the OpenAI SDK takes any string, and ``"stop"``
@@ -488,6 +490,7 @@ class _Watch:
         self._first: Any = None  # the first event's JSON (the answer's id, model, ...)
         self._last_unit = b""
         self._end_bytes = b"\n\n"  # how the bytes handed on so far end
+        self._done = False
         self.flushed = False
         self.finished = False
 
@@ -598,6 +601,8 @@ class _Watch:
             self._last_unit = unit
         if unit:
             self._end_bytes = unit[-4:]
+            if b"[DONE]" in unit and any(line.strip() in (b"data: [DONE]", b"data:[DONE]") for line in unit.splitlines()):
+                self._done = True  # the stream's own end was handed on: a stop adds nothing
         return unit
 
     def _look(self, parsed: tuple[Any, list[bytes], int] | None) -> None:
@@ -647,19 +652,30 @@ class _Watch:
 
     def _tail(self) -> bytes:
         state = self.state
-        decoder = state._decoder
-        if not self.sse or (decoder is not None and decoder.done):
+        if self._done:
             return b""
         fmt = state.format or {"chat": "openai-chat", "completions": "openai-completions",
                                "responses": "openai-responses"}.get(self.plan.kind)
-        last = _event_json(self._last_unit, True) if self._last_unit else None
+        last = _event_json(self._last_unit, bool(self.sse)) if self._last_unit else None
         seen: dict[str, Any] = {}
         for obj in (self._first, last[0] if last else None):
             if isinstance(obj, dict):
                 seen.update({k: v for k, v in obj.items() if v is not None})
         reason = self.tap.stop_finish_reason
-        # The last event handed on may lack its blank line (held till the end): end it first.
         end = self._end_bytes
+        if fmt == "ollama" and not self.sse:
+            if 0 in state.ended:
+                return b""
+            done: dict[str, Any] = {"model": seen.get("model", ""), "created_at": seen.get("created_at", "")}
+            if "response" in seen and "message" not in seen:  # /api/generate
+                done["response"] = ""
+            else:
+                done["message"] = {"role": "assistant", "content": ""}
+            done.update({"done": True, "done_reason": reason})
+            return (b"" if end[-1:] == b"\n" else b"\n") + _dumps(done) + b"\n"
+        if not self.sse:
+            return b""
+        # The last event handed on may lack its blank line (held till the end): end it first.
         lead = b"" if end.endswith((b"\n\n", b"\n\r\n", b"\r\r")) else b"\n" if end[-1:] in (b"\n", b"\r") else b"\n\n"
         if fmt in ("openai-chat", "openai-completions"):
             chat = fmt == "openai-chat"
