@@ -617,3 +617,107 @@ def test_logprobs_agree_with_upstream_llama_server(model: Any, tmp_path: Path) -
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=20)
+
+
+# -- livepplx serve ---------------------------------------------------------------------------------
+
+
+class SlowModel(ScriptedModel):
+    """A scripted model that takes a moment per token, as a real one does."""
+
+    def generate(self, prompt: list[int], **options: Any) -> Iterator[Step]:
+        steps = super().generate(prompt, **options)
+
+        def slow() -> Iterator[Step]:
+            try:
+                for step in steps:
+                    time.sleep(0.01)
+                    yield step
+            finally:
+                steps.close()  # type: ignore[attr-defined]
+
+        return slow()
+
+
+def test_serve_answers_as_an_openai_server() -> None:
+    pytest.importorskip("starlette", reason="pip install -e '.[serve]'")
+    from starlette.testclient import TestClient
+
+    from livepplx.serve import app
+
+    model = ScriptedModel(SCRIPT, end=True)
+    with TestClient(app(LocalClient(model))) as http:
+        request = {"model": "gemma", "messages": [{"role": "user", "content": "Why?"}], "stream": True,
+                   "logprobs": True, "top_logprobs": 2}
+        streamed = http.post("/v1/chat/completions", json=request)
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        assert streamed.text.endswith("data: [DONE]\n\n")
+        state = livepplx.StreamState()
+        state.handle(streamed.content)
+        state.finish()
+        assert state.complete and state.tokens == 5 and math.isclose(state.ppl, math.exp(3.8 / 5))
+        whole = http.post("/v1/completions", json={"model": "g", "prompt": "Q:", "logprobs": 1}).json()
+        assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == " The sky is blue."
+        bad = http.post("/v1/completions", json={"prompt": "Q:", "max_tokens": 0})
+        assert bad.status_code == 400 and "max_tokens must be" in bad.json()["error"]["message"]
+        assert http.post("/v1/completions", content=b"{oops").status_code == 400
+        assert http.post("/v1/completions", json=[1]).status_code == 400
+        assert http.get("/v1/models").json()["data"][0]["id"] == local.MODEL_NAME
+        assert http.post("/v1/completions", json={"prompt": "Q:"}).status_code == 200  # the turn came back each time
+
+
+def test_serve_stops_generating_when_the_client_goes_away() -> None:
+    pytest.importorskip("starlette", reason="pip install -e '.[serve]'")
+    uvicorn = pytest.importorskip("uvicorn", reason="pip install -e '.[serve]'")
+    import threading
+
+    import openai
+
+    from livepplx.serve import app
+
+    model = SlowModel(SCRIPT * 100)
+    model.n_ctx = 10_000
+    with contextlib.closing(__import__("socket").socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app(LocalClient(model)), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-none", max_retries=0, timeout=10)
+        with livepplx.stream(client, model="gemma", messages=[{"role": "user", "content": "x"}], max_tokens=500,
+                             stop_above=1.5, min_tokens=4) as s:
+            list(s)
+        assert s.stopped is not None and s.tokens == 4
+        deadline = time.monotonic() + 10
+        while not model.closed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert model.closed and model.pulled < 100  # the generation stopped with the connection
+        again = client.completions.create(model="g", prompt="Q:", max_tokens=3)  # and the model is free
+        assert again.choices[0].text == " The sky is"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_serve_says_in_one_line_what_stops_it(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from livepplx import serve
+
+    pytest.importorskip("uvicorn", reason="pip install -e '.[serve]'")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.main(["--port", str(port)]) == 1  # said before the model is loaded
+        assert capsys.readouterr().err == f"livepplx: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert serve.main(["--port", "8080"]) == 1
+    assert capsys.readouterr().err == "livepplx: error: serving needs starlette and uvicorn: pip install 'livepplx[serve]'\n"
+    with pytest.raises(SystemExit):
+        serve.main(["--port", "0"])

@@ -80,9 +80,9 @@ SCENES = (
                "as it is (Ouagadougou is right)"),
     Scene("unsure-answer", "an unsure answer: the rule fires, the answer is cut and escalated",
           "Who discovered penicillin?",
-          fired="escalated: the short answer was cut before its end; a longer, reasoned request (CarRouter) or a "
-                "larger model answers instead. The captured answer went on: \"... a doctor named Robert Koch.\", "
-                "wrong: it was Alexander Fleming",
+          fired="escalated: the answer was cut before its end, and a longer, reasoned request (CarRouter) or a "
+                "larger model answers instead. Left alone, this model goes on: \"... a doctor named Robert Koch.\" "
+                "(wrong: it was Alexander Fleming)",
           calm="the rule stayed quiet on an unsure answer: unexpected for this scene"),
 )
 
