@@ -636,6 +636,50 @@ def test_an_html_page_a_get_and_an_upload_pass_untouched_and_record_nothing(lib:
         sdk(lib, Tap().transport(failing.transport())).chat.completions.create(model="m", messages=MESSAGES)
 
 
+def test_requests_the_tap_does_not_read_are_sent_as_they_were(lib: Any) -> None:
+    server = serving(lib, b'{"error": {"message": "bad request"}}', ctype="application/json", status=400)
+    tap = Tap()
+    bodies = [b'{"model": "m", "stream": tru', b'["not", "an", "object"]']
+    with lib.Client(transport=tap.transport(server.transport())) as http:
+        for body in bodies:
+            http.post("http://x/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        http.post("http://x/v1/embeddings", json={"model": "m", "input": "hi"})
+        answer = http.post("http://x/v1/chat/completions",
+                           json={"model": "m", "stream": True, "logprobs": True, "top_logprobs": 2})
+    assert [r.content for r in server.requests[:2]] == bodies
+    assert server.bodies[2] == {"model": "m", "input": "hi"}
+    assert all(r.headers.get("accept-encoding") != "identity" for r in server.requests[:3])
+    assert answer.status_code == 400 and answer.json() == {"error": {"message": "bad request"}}
+    assert len(server.requests) == 4  # a 400 to a request the tap did not change is the caller's own
+    assert tap.last is None and tap.states == {}
+
+
+def test_whole_answers_never_raise_and_record_what_is_missing(lib: Any) -> None:
+    answer = whole_answer(CHAT)
+    del answer["choices"][0]["logprobs"]  # a server that ignores the request for logprobs
+    server = serving(lib, json.dumps(answer).encode(), ctype="application/json")
+    tap = Tap(on_missing_logprobs="raise")
+    got = sdk(lib, tap.transport(server.transport())).chat.completions.create(model="m", messages=MESSAGES)
+    assert got.to_dict() == answer
+    assert tap.last.error is not None and tap.last.error.startswith("the answer carried no logprobs")
+    page = serving(lib, b'{"object": "list", "data": []}', ctype="application/json")
+    with lib.Client(transport=tap.transport(page.transport())) as http:
+        assert http.post("http://x/v1/chat/completions", json={"model": "m"}).json() == {"object": "list", "data": []}
+    assert "not a response livepplx can read" in tap.last.error
+
+
+def test_tap_stop_by_key(lib: Any) -> None:
+    body = counting_chat()
+    tap = Tap()
+    stream = sdk(lib, tap.transport(Server(lib, lambda r: (200, "text/event-stream", body, {})).transport())) \
+        .chat.completions.create(model="m", messages=MESSAGES, stream=True, extra_headers={ID_HEADER: "mine"})
+    chunks = [next(stream), next(stream)]
+    assert tap.stop("other") is None and tap.stop("mine", reason="enough") is tap.states["mine"]
+    chunks += list(stream)
+    assert len(chunks) == 3 and chunks[-1].choices[0].finish_reason == "length" and body.closed
+    assert tap.states["mine"].stopped is not None and tap.states["mine"].stopped.reason == "enough"
+
+
 def test_an_error_inside_the_tap_never_breaks_the_request(lib: Any, monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     calls = 0
