@@ -851,7 +851,7 @@ class LocalStream:
                     yield self._chunk(self._choice(text, sent, offset))
                     offset += len(text)
             yield self._chunk(self._choice("", None, offset, finish))
-            if req.include_usage:
+            if req.include_usage:  # every token generated, a stop string's too (what OpenAI bills)
                 yield self._chunk(None, usage={"prompt_tokens": len(req.prompt), "completion_tokens": produced,
                                                "total_tokens": len(req.prompt) + produced})
         finally:
