@@ -31,7 +31,7 @@ from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 
-from .errors import LivepplxError
+from .errors import CalibrationError
 
 __all__ = ["CarCalibration", "CalibrationError", "ThresholdFit", "fit_threshold", "auroc", "deepconf_threshold"]
 
@@ -45,10 +45,6 @@ _RULES = ("bayes", "upper")
 #: these bounds every step of the rule and its crossing points stays a finite float.
 MAX_MAGNITUDE = 1e50
 MIN_SIGMA = 1e-50
-
-
-class CalibrationError(LivepplxError, ValueError):
-    """The labelled data cannot support the fit asked for, or a calibration is not valid."""
 
 
 def _shown(value: Any, limit: int = 40) -> str:

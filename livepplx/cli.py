@@ -27,6 +27,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
 from .errors import LivepplxError
 from .recordings import RECORDINGS, recording_path
+from .sse import MAX_EVENT_BYTES
 from .state import StreamState
 from .textsafe import safe_line, safe_text
 
@@ -91,16 +92,24 @@ class _Recording:
     def __init__(self, path: str, end: bytes = b"") -> None:
         self.path = path
         self.end = end  # written before the rename (the [DONE] of a stream made up here)
-        folder = os.path.dirname(os.path.abspath(path))
+        # A symlink is written through, as open() would: the file it points to is replaced.
+        self.target = target = os.path.realpath(path)
+        folder = os.path.dirname(target)
         # What open(path, "wb") would refuse is refused now, not after the request.
-        if os.path.isdir(path) or (os.path.lexists(path) and not os.access(path, os.W_OK)):
-            raise _Fail(f"cannot write {path}: {'Is a directory' if os.path.isdir(path) else 'Permission denied'}")
+        if os.path.isdir(target) or (os.path.exists(target) and not os.access(target, os.W_OK)):
+            raise _Fail(f"cannot write {path}: {'Is a directory' if os.path.isdir(target) else 'Permission denied'}")
+        self.settled = False
+        self.temp: str | None = None
         try:
-            fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+            if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+                # A device or a pipe (/dev/null, /dev/stdout, a FIFO) is written directly:
+                # there is no file to put in place, and renaming over it would destroy it.
+                self.file = open(target, "wb")  # noqa: SIM115 - closed by keep() or drop()
+                return
+            fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part", dir=folder)
         except OSError as e:
             raise _Fail(f"cannot write {path}: {e.strerror or e}") from None
         self.file = os.fdopen(fd, "wb")
-        self.settled = False
 
     def write(self, data: bytes) -> None:
         try:
@@ -111,12 +120,13 @@ class _Recording:
     def keep(self) -> None:
         """Rename the recording into place; say so when it replaces a file."""
         self.settled = True
-        replaced = os.path.lexists(self.path)
+        replaced = self.temp is not None and os.path.lexists(self.target)
         try:
             self.file.write(self.end)
             self.file.close()
-            os.chmod(self.temp, _new_file_mode(self.path))  # mkstemp's 0600, made what open() would give
-            os.replace(self.temp, self.path)
+            if self.temp is not None:
+                os.chmod(self.temp, _new_file_mode(self.target))  # mkstemp's 0600, made what open() would give
+                os.replace(self.temp, self.target)
         except OSError as e:
             self._remove()
             raise _Fail(f"cannot write {self.path}: {e.strerror or e}") from None
@@ -127,14 +137,17 @@ class _Recording:
         """Remove the temporary file; return the line that says so."""
         self.settled = True
         self._remove()
-        kept = "is unchanged" if os.path.lexists(self.path) else "was not created"
+        if self.temp is None:  # written directly: what was written stays written
+            return f"the recording is incomplete ({why}): {self.path} got what was read"
+        kept = "is unchanged" if os.path.lexists(self.target) else "was not created"
         return f"the recording was not saved ({why}): {self.path} {kept}"
 
     def _remove(self) -> None:
         with contextlib.suppress(OSError):
             self.file.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.temp)
+        if self.temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp)
 
 
 def _new_file_mode(path: str) -> int:
@@ -274,7 +287,9 @@ class _Run:
     def read(self, chunks: Iterable[Any], on_chunk: Callable[[Any], object] | None = None) -> None:
         from .monitor import MonitoredStream
 
-        m = MonitoredStream(chunks, self.state)
+        # chat's --timeout also bounds the time between two events (keep-alive comments and
+        # a trickle of bytes do not count), which the HTTP client's read timeout cannot see.
+        m = MonitoredStream(chunks, self.state, idle_timeout=getattr(self.args, "timeout", None))
         try:
             with m:
                 if self.args.json:
@@ -282,6 +297,11 @@ class _Run:
                 else:
                     self._show(m, on_chunk)
             self.complete = self.state.error is None and self.state.stopped is None
+            stop = self.state.stopped
+            if stop is not None and stop.reason == "idle timeout":  # events stopped coming, bytes or not
+                n = self.state.total_tokens
+                self.state.error = (f"the server sent nothing for {self.args.timeout:g} s after {n} "
+                                    f"token{'' if n == 1 else 's'} (raise --timeout to wait longer)")
         except KeyboardInterrupt:
             self.interrupted = True
             self.state.stop("interrupted")
@@ -330,17 +350,22 @@ class _Run:
                 self._drain(m, on_chunk)
         else:
             # Not a terminal: no animation; the answer as it comes, then plain lines.
-            shown = 0
+            # The new tokens' text is gathered per chunk (re-reading the whole text each
+            # chunk would cost quadratic time on a long answer).
+            fresh: list[str] = []
+            shown = False
+            if self.args.command == "chat":
+                self.state.on_token(lambda token, stats: fresh.append(token.text) if stats.index == 0 else None)
 
             def echo(chunk: bytes) -> None:
                 nonlocal shown
                 if on_chunk:
                     on_chunk(chunk)
-                if self.args.command == "chat":
-                    text = self.state.text(0)  # kept whole for chat (text_limit=None)
-                    sys.stdout.write(safe_text(text[shown:]))  # the model's text, never escape codes
+                if fresh:
+                    sys.stdout.write(safe_text("".join(fresh)))  # the model's text, never escape codes
                     sys.stdout.flush()
-                    shown = len(text)
+                    fresh.clear()
+                    shown = True
 
             try:
                 self._drain(m, echo)
@@ -364,13 +389,14 @@ class _Run:
         return 0
 
 
-def _state(args: argparse.Namespace) -> StreamState:
+def _state(args: argparse.Namespace, max_event_bytes: int = MAX_EVENT_BYTES) -> StreamState:
     return StreamState(
         window=args.window,
         stop_above=args.stop_above,
         min_tokens=args.min_tokens,
         on_missing_logprobs="ignore",  # judged at the end, with the whole stream seen
         text_limit=None if getattr(args, "command", "") == "chat" else 8192,
+        max_event_bytes=max_event_bytes,
     )
 
 
@@ -379,10 +405,14 @@ def _state(args: argparse.Namespace) -> StreamState:
 
 def _replay(args: argparse.Namespace) -> int:
     source = _open(args.path)
-    state = _state(args)
+    # A file on disk is bounded by its size: a whole answer saved pretty-printed may be one
+    # JSON document past the stream limit, and is read whole. stdin keeps the limit.
+    size = 0 if source is sys.stdin.buffer else os.fstat(source.fileno()).st_size
+    state = _state(args, max(MAX_EVENT_BYTES, size + 1))
     run = _Run(args, state, "stdin" if args.path == "-" else os.path.basename(args.path))
     try:
-        chunks: Iterable[bytes] = iter(source) if args.speed else _reads(source)  # lines, when paced
+        # Paced: line by line (at most _READ_SIZE bytes at a time, so a huge line costs no memory).
+        chunks: Iterable[bytes] = iter(lambda: source.readline(_READ_SIZE), b"") if args.speed else _reads(source)
         run.read(_paced(chunks, state, args.speed) if args.speed else chunks)
     finally:
         if source is not sys.stdin.buffer:

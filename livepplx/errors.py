@@ -11,6 +11,7 @@ __all__ = [
     "TooManyChoicesError",
     "NotAStreamError",
     "CallbackError",
+    "CalibrationError",
 ]
 
 #: What to send, said once for every message that needs it.
@@ -62,3 +63,7 @@ class CallbackError(LivepplxError):
 
     The original exception is ``__cause__``.
     """
+
+
+class CalibrationError(LivepplxError, ValueError):
+    """The labelled data cannot support the fit asked for, or a calibration is not valid."""

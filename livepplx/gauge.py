@@ -62,12 +62,13 @@ def sparkline(values: Sequence[float], top: float) -> str:
     >>> sparkline([1.0, 3.0, 10.0, 100.0], top=100.0)
     '▁▃▅█'
     """
-    if top <= 1.0:
-        top = math.e
+    if not 1.0 < top < math.inf:
+        top = math.e if top <= 1.0 else 1e308
     span = math.log(top)
     out = []
     for v in values:
-        level = math.log(v) / span if v == v and v >= 1.0 else 0.0
+        # Clamped to [0, 1]: an infinite perplexity (legal: a mean logprob below -709.78) is the top.
+        level = min(1.0, math.log(v) / span) if v == v and v >= 1.0 else 0.0
         out.append(_BARS[min(len(_BARS) - 1, max(0, int(level * (len(_BARS) - 1) + 0.5)))])
     return "".join(out)
 
@@ -159,11 +160,13 @@ class Gauge:
         return "red" if ppl > self.levels[-1] else "yellow"
 
     def _scale_top(self) -> float:
-        return max(100.0, 2.0 * self.levels[-1])
+        finite = [level for level in self.levels if level < math.inf]
+        return max(100.0, 2.0 * finite[-1]) if finite else 100.0
 
     def _bar(self, ppl: float, width: int) -> Text:
         top = math.log(self._scale_top())
-        position = lambda v: min(width - 1, int(math.log(max(v, 1.0)) / top * width))  # noqa: E731
+        # Clamped: an infinite perplexity fills the bar instead of overflowing int().
+        position = lambda v: min(width - 1, int(min(1.0, math.log(max(v, 1.0)) / top) * width))  # noqa: E731
         filled = position(ppl) + 1 if ppl == ppl else 0
         marks = sorted({position(level) for level in self.levels})
         bar = Text()

@@ -77,11 +77,13 @@ def score(response: Any, options: MonitorOptions | None = None, **keywords: Unpa
     except NoLogprobsError:
         pass  # said below, in a response's words
     summary = state.summary()
+    if errors or state.server_error is not None:  # a failed, blocked or error answer: the server's own words
+        raise ServerStreamError(f"the response is an error: {errors[0] if errors else state.server_error}")
     if summary["format"] is None:
-        if errors:
-            raise ServerStreamError(f"the response is an error: {errors[0]}")
         raise StreamFormatError(f"{_PREFIX}: {_describe(value)}; it reads OpenAI chat, completions and "
                                 "Responses answers, llama.cpp /completion, TGI /generate, Ollama and Gemini ones")
+    if state.unreadable:
+        raise StreamFormatError(f"{_PREFIX}: {state.error}")
     if not any(choice["tokens"] for choice in summary["choices"]) and state.options.on_missing_logprobs == "raise":
         tokens = sum(choice["skipped"] for choice in summary["choices"])
         if tokens:

@@ -69,6 +69,11 @@ class Condition:
     #: True when :meth:`observe` must see every counted token
     stateful = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__ and cls.holds is Condition.holds:
+            _adopt_legacy(cls)
+
     def observe(self, stats: ChoiceStats) -> None:
         """See one counted token (the statistics already include it). Stateless: nothing."""
 
@@ -102,6 +107,25 @@ class Condition:
 
 
 ConditionLike = Union[Condition, Callable[[ChoiceStats], bool]]
+
+
+def _adopt_legacy(cls: type[Condition]) -> None:
+    """A 0.1-style subclass answers in ``__call__`` (and may keep state there): call it
+    exactly once per counted token, as :func:`observe`, and answer from that."""
+    legacy = cls.__dict__["__call__"]
+
+    def observe(self: Condition, stats: ChoiceStats) -> None:
+        self.__dict__["_legacy_answer"] = bool(legacy(self, stats))
+
+    def holds(self: Condition, stats: ChoiceStats) -> bool:
+        return bool(self.__dict__.get("_legacy_answer", False))
+
+    def call(self: Condition, stats: ChoiceStats) -> bool:
+        observe(self, stats)
+        return holds(self, stats)
+
+    cls.observe, cls.holds, cls.__call__ = observe, holds, call  # type: ignore[method-assign]
+    cls.stateful = True
 
 
 class _Function(Condition):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import io
 import itertools
 import re
@@ -88,3 +89,18 @@ def test_watch_on_a_terminal_redraws_with_live() -> None:
     frames = re.findall(r"tokens (\d+)", output)
     assert frames[0] == "0" and frames[-1] == "30", frames
     assert "\x1b[1A" in output and "\x1b[2K" in output
+
+
+def test_an_infinite_perplexity_fills_the_bar_instead_of_crashing() -> None:
+    import io
+
+    from rich.console import Console
+
+    import livepplx
+    from livepplx import Trigger, ppl_above
+
+    chunk = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop",
+                          "logprobs": {"content": [{"token": "x", "logprob": -800.0}]}}]}
+    out = io.StringIO()
+    m = livepplx.watch([chunk], console=Console(file=out, width=80), triggers=[Trigger(ppl_above(math.inf))])
+    assert m.ppl == math.inf and "tokens 1" in out.getvalue()  # drawn to the end, no OverflowError

@@ -149,3 +149,24 @@ def test_every_error_is_a_livepplx_error() -> None:
     for bad in ({"choices": [{"index": "0", "message": {"content": "x"}}]}, {"object": "response", "output": 5}):
         with pytest.raises(LivepplxError):
             score(bad)
+
+
+@pytest.mark.parametrize("response", [
+    {"object": "response", "status": "failed", "error": {"message": "The model is overloaded"}, "output": []},
+    {"promptFeedback": {"blockReason": "SAFETY"}},
+    {"object": "chat.completion", "choices": [], "error": {"message": "context length exceeded"}},
+], ids=["responses-failed", "gemini-blocked", "chat-error"])
+def test_a_failed_or_blocked_answer_is_the_servers_error_not_no_logprobs(response: dict) -> None:
+    from livepplx import ServerStreamError
+
+    with pytest.raises(ServerStreamError, match="the response is an error"):
+        score(response)
+
+
+def test_an_answer_whose_every_entry_is_malformed_is_unreadable_not_no_logprobs() -> None:
+    from livepplx import StreamFormatError
+
+    answer = {"object": "chat.completion", "choices": [{"index": "0", "finish_reason": "stop", "message": {"content": "Hi"},
+              "logprobs": {"content": [{"token": "Hi", "logprob": -0.5}]}}]}
+    with pytest.raises(StreamFormatError, match="malformed"):
+        score(answer)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livepplx import (
+    Condition,
     StreamState,
     Trigger,
     entropy_above,
@@ -168,4 +169,21 @@ def test_a_plain_function_is_called_exactly_once_per_counted_token() -> None:
         return False
 
     fires(ppl_above(1000) & counting, [-0.1] * 4)
+    assert calls == [1, 2, 3, 4]
+
+
+def test_a_condition_written_for_0_1_still_combines_and_is_called_once_per_token() -> None:
+    calls: list[int] = []
+
+    class LowProb(Condition):  # the 0.1 protocol: answer in __call__
+        def __call__(self, stats: ChoiceStats) -> bool:
+            calls.append(stats.tokens)
+            return stats.last_logprob < -1.0
+
+    lows = [-2.0, -0.1, -2.0, -2.0]
+    assert fires(LowProb() & min_tokens(1), lows) == [1, 3]
+    assert fires(~LowProb(), lows) == [2]
+    assert fires(sustained(LowProb(), 2), lows) == [4]
+    calls.clear()
+    fires(ppl_above(1000) & LowProb(), lows)  # the left side is false on every token
     assert calls == [1, 2, 3, 4]
