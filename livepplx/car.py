@@ -211,6 +211,11 @@ class CarPlan:
             value = getattr(self, name)
             if value is not None and not isinstance(value, CarCalibration):
                 raise TypeError(f"{name} must be a CarCalibration, got {type(value).__name__}")
+        t = self.threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t == t):
+            raise ValueError(f"threshold must be a perplexity (a number), got {t!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 1:
+            raise ValueError(f"warmup must be a whole number of tokens >= 1, got {self.warmup!r}")
 
     def escalate(self, ppl: float) -> bool:
         """The final rule: the calibration's (Bayes, or one-sided), else ``ppl > threshold``."""

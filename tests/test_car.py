@@ -310,3 +310,11 @@ def test_on_a_real_server_a_cut_is_a_cut_and_the_long_answer_is_counted_by_usage
     # Stopped on its last allowed token: whole, not cut.
     capped = CarRouter(client, "m", threshold=1.0, warmup=4, short_max_tokens=4, **options)(question)
     assert capped.short.stopped and capped.short.tokens == 4 and not capped.short_cut
+
+
+@pytest.mark.parametrize("bad", [{"threshold": "20"}, {"threshold": float("nan")}, {"threshold": 20.0, "warmup": 0}])
+def test_a_plan_with_a_threshold_that_is_not_a_number_fails_when_made(bad: dict) -> None:
+    from livepplx.car import CarPlan
+
+    with pytest.raises(ValueError, match="threshold|warmup"):
+        CarPlan("m", **bad)
