@@ -912,7 +912,11 @@ class Tap:
     def _whole(self, plan: _Plan, data: bytes) -> tuple[StreamState, bytes]:
         """Score a whole answer; return its state and the bytes the caller gets."""
         try:
-            state = score(data, replace(self._state_options, on_missing_logprobs="ignore"))
+            value = json.loads(data)
+        except (ValueError, RecursionError):
+            value = data  # score() says what it is
+        try:
+            state = score(value, replace(self._state_options, on_missing_logprobs="ignore"))
             state.request = dict(plan.body)
             if plan.refused:  # said first: it is why the answer has no logprobs
                 previous, state.error = state.error, None
@@ -923,19 +927,12 @@ class Tap:
             self._log("unreadable", f"livepplx tap: a whole answer it cannot read: {e}")
         if state.format is not None and not state.has_logprobs and self.on_missing_logprobs != "ignore":
             self._missing(state, NoLogprobsError("the answer carried no logprobs", hint=HOW_TO_ASK_WHOLE), whole=True)
-        key = plan.key
-        try:
-            key = key or _answer_id(json.loads(data))
-        except (ValueError, RecursionError):
-            pass
-        self._register(state, key)
-        if plan.added:
+        self._register(state, plan.key or _answer_id(value))
+        if plan.added and state.format is not None:
             try:
-                obj = json.loads(data)
-                if _strip(plan.kind, obj, plan.added):
-                    data = _dumps(obj)
+                if _strip(plan.kind, value, plan.added):
+                    data = _dumps(value)
             except Exception as e:
-                self.failures += 1
                 state.fail(f"the tap failed and let the answer pass as it came: {type(e).__name__}: {e}")
                 self._log(f"bug:{type(e).__name__}", f"livepplx tap: failed inside ({e})", e)
         return state, data
