@@ -28,7 +28,7 @@ from conftest import ALL_RECORDINGS, CountingBody, ppl_of, recorded_logprobs, re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livepplx import NoLogprobsError, StreamState, Trigger, min_tokens, recording_path
+from livepplx import Listener, NoLogprobsError, StreamState, Trigger, min_tokens, recording_path
 from livepplx.errors import CallbackError
 from livepplx.integrations.tap import ID_HEADER, AsyncMonitorTransport, MonitorTransport, Tap
 
@@ -520,6 +520,45 @@ def test_litellm_ends_a_stopped_stream_normally(monkeypatch: pytest.MonkeyPatch)
     assert body.closed and body.read == 10 and tap.last.stopped is not None
     assert chunks[-1].choices[0].finish_reason == "length"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(f"t{i}" for i in range(10))
+
+
+def test_listeners_and_escalations_work_through_the_tap(lib: Any) -> None:
+    told: list[str] = []
+
+    class Told(Listener):
+        def on_start(self, state: StreamState) -> None:
+            told.append("start")
+
+        def on_stop(self, state: StreamState, stop: Any) -> None:
+            told.append(f"stop {stop.at_token}")
+
+        def on_end(self, state: StreamState) -> None:
+            told.append("end")
+
+    body = counting_chat()
+    escalations: list[Any] = []
+    trigger = Trigger(min_tokens(7), escalate=lambda escalation: escalations.append(
+        (escalation.request, escalation.event.at_token, body.closed)))
+    tap = Tap(triggers=[trigger], listeners=[Told()])
+    request = {"model": "m", "messages": MESSAGES, "stream": True, "temperature": 0.5}
+    chunks = list(sdk(lib, tap.transport(Server(lib, lambda r: (200, "text/event-stream", body, {})).transport()))
+                  .chat.completions.create(**request))
+    assert told == ["start", "stop 7", "end"] and len(chunks) == 8
+    assert escalations == [(request, 7, True)]  # the caller's own request, after the close
+
+
+def test_async_callbacks_in_the_sync_transport_are_recorded(lib: Any) -> None:
+    async def call(event: Any) -> None:
+        pass
+
+    async def on_end(state: StreamState, request: Any) -> None:
+        pass
+
+    tap = Tap(triggers=[Trigger(min_tokens(3), call=call)], on_end=on_end)
+    chunks = list(sdk(lib, tap.transport(serving(lib, CHAT.read_bytes()).transport())).chat.completions.create(
+        model="m", messages=MESSAGES, stream=True))
+    assert len(chunks) == 33
+    assert tap.last.error.startswith("the call of trigger 'min_tokens(3)' is async: use the async transport")
 
 
 def test_a_stop_ends_every_unfinished_choice_then_done(lib: Any) -> None:
