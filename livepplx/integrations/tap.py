@@ -43,9 +43,9 @@ an ``inner`` of the other library than the client is a :class:`TypeError` that s
 
 **What is watched.** A ``POST`` with a JSON body to a path that ends with one of ``endpoints``
 (default ``/chat/completions``, ``/completions``, ``/responses``; other paths given there are
-watched and never asked for anything), answered 2xx with ``text/event-stream``, NDJSON, or JSON. Everything else (a ``GET``, an upload, an HTML error
-page, a 4xx, a body in an encoding the tap cannot read) passes through untouched and records
-nothing. A watched request is sent with ``Accept-Encoding: identity`` so the bytes at the
+watched and never asked for anything), answered 2xx with ``text/event-stream``, NDJSON, or JSON.
+Everything else (a ``GET``, an upload, an HTML error page, a 4xx, a body in an encoding the tap
+cannot read) passes through untouched and records nothing. A watched request is sent with ``Accept-Encoding: identity`` so the bytes at the
 transport are the text (gzip and deflate are decoded when a server compresses anyway: the
 client then gets them decoded, without the ``Content-Encoding`` header). A watched stream loses
 its ``Content-Length`` header, if it had one (the tap may change the length).
@@ -84,11 +84,11 @@ chunk per unfinished choice with an empty delta and ``finish_reason: "length"``
 (``stop_finish_reason``), then ``data: [DONE]``; for Responses a ``response.incomplete`` event
 (reason ``max_output_tokens``) carrying the response the stream opened with; for Ollama's NDJSON
 (``endpoints=("/api/chat",)``) a last line ``"done": true, "done_reason": "length"``; other
-formats just end. Why ``"length"``:
-the answer was cut by a limit, not finished by the model; ``"length"`` is what every client
-already handles as "truncated by a budget" (LiteLLM raises ``MidStreamFallbackError`` on a
-stream that ends without any ``finish_reason``, the OpenAI SDK takes any string, and ``"stop"``
-would tell an agent the answer was complete). A stop does not send the usage chunk.
+formats just end. Why ``"length"``: the answer was cut by a limit, not finished by the model;
+``"length"`` is what every client already handles as "truncated by a budget" (LiteLLM raises
+``MidStreamFallbackError`` on a stream that ends without any ``finish_reason``, the OpenAI SDK
+takes any string, and ``"stop"`` would tell an agent the answer was complete). A stop does not
+send the usage chunk. :meth:`Tap.stop` may be called from any thread.
 
 **Statistics.** ``tap.last``: the state of the latest watched answer (live while it streams).
 ``tap.states``: the latest ``keep`` (default 256) answers' states, oldest first, keyed by the
@@ -97,7 +97,8 @@ goes on: ``extra_headers={"X-Livepplx-Id": "step-3"}``), else the answer's own `
 and completions chunks' ``id``, the Responses ``response.id``), else ``"request-<n>"``.
 ``on_end(state, request)`` is called once per answer when it is over (read to its end, stopped,
 failed, or closed by the caller), after the upstream was closed; ``request`` is the httpx
-request sent, ``state.request`` the caller's JSON body.
+request sent, ``state.request`` the caller's JSON body. Each kept state holds that body and at
+most ``text_limit`` characters of each choice's text.
 
 **Errors.** The tap never breaks a request by itself. What goes wrong inside it (an answer
 livepplx cannot read, missing logprobs, a callback that raises, a bug) is recorded on that
