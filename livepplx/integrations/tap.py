@@ -45,10 +45,11 @@ an ``inner`` of the other library than the client is a :class:`TypeError` that s
 (default ``/chat/completions``, ``/completions``, ``/responses``; other paths given there are
 watched and never asked for anything), answered 2xx with ``text/event-stream``, NDJSON, or JSON.
 Everything else (a ``GET``, an upload, an HTML error page, a 4xx, a body in an encoding the tap
-cannot read) passes through untouched and records nothing. A watched request is sent with ``Accept-Encoding: identity`` so the bytes at the
-transport are the text (gzip and deflate are decoded when a server compresses anyway: the
-client then gets them decoded, without the ``Content-Encoding`` header). A watched stream loses
-its ``Content-Length`` header, if it had one (the tap may change the length).
+cannot read) passes through untouched and records nothing. A watched request is sent with
+``Accept-Encoding: identity`` so the bytes at the transport are the text (gzip and deflate are
+decoded when a server compresses anyway: the client then gets them decoded, without the
+``Content-Encoding`` header). A watched stream loses its ``Content-Length`` header, if it had one
+(the tap may change the length).
 
 **Bytes unchanged.** The client gets exactly the bytes the server sent (re-cut at event
 boundaries: a partial event is held until its end arrives, at most ``max_event_bytes``), except
@@ -602,7 +603,8 @@ class _Watch:
             self._last_unit = unit
         if unit:
             self._end_bytes = unit[-4:]
-            if b"[DONE]" in unit and any(line.strip() in (b"data: [DONE]", b"data:[DONE]") for line in unit.splitlines()):
+            if b"[DONE]" in unit and any(line.strip() in (b"data: [DONE]", b"data:[DONE]")
+                                         for line in unit.splitlines()):
                 self._done = True  # the stream's own end was handed on: a stop adds nothing
         return unit
 
@@ -775,7 +777,8 @@ class Tap:
         if not isinstance(stop_finish_reason, str) or not stop_finish_reason:
             raise ValueError(f"stop_finish_reason must be a non-empty string, got {stop_finish_reason!r}")
         if isinstance(endpoints, str) or not all(isinstance(e, str) and e for e in endpoints):
-            raise ValueError(f"endpoints must be a tuple of path endings such as '/chat/completions', got {endpoints!r}")
+            raise ValueError(f"endpoints must be a tuple of path endings such as '/chat/completions', "
+                             f"got {endpoints!r}")
         if on_end is not None and not callable(on_end):
             raise TypeError(f"on_end must be a function of (state, request), got {on_end!r}")
         #: the options of every answer's state (``on_missing_logprobs`` as the tap applies it)
@@ -939,7 +942,7 @@ class Tap:
         return state, data
 
     def _missing(self, state: StreamState, error: NoLogprobsError, whole: bool = False) -> None:
-        """No logprobs: recorded (the state's error), logged once; raised only when asked, and never for a whole answer."""
+        """No logprobs: recorded (the state's error), logged once; raised only when asked, never for whole answers."""
         state.fail(str(error))
         if self.on_missing_logprobs == "raise" and not whole:
             raise error
