@@ -24,7 +24,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from .errors import StreamFormatError
 
@@ -46,6 +46,9 @@ class Event(NamedTuple):
 
     name: str | None
     data: Any
+
+
+_event = tuple.__new__
 
 
 def _snippet(text: str, limit: int = 60) -> str:
@@ -126,6 +129,10 @@ class StreamDecoder:
         self.skipped = 0
         #: the first skipped one, described on one line
         self.first_skip: str | None = None
+        #: SSE data is decoded by this when set (a typed decoder of the stream's format,
+        #: :data:`livepplx.formats.TYPED_DECODERS`); data it refuses (``ValueError``) is
+        #: decoded as JSON, as without it
+        self.typed: Callable[[str], Any] | None = None
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         self._bytes_read = 0
         self._error: str | None = None  # raised again by every later call
@@ -211,6 +218,62 @@ class StreamDecoder:
     # -- lines ------------------------------------------------------------------------
 
     def _text(self, text: str, out: list[Event]) -> None:
+        if self.framing == "sse" and not self._cr and "\r" not in text:
+            blocks = text.split("\n\n")
+            if len(blocks) > 2:
+                self._blocks(blocks, out)
+                return
+        self._lines_of(text, out)
+
+    def _blocks(self, blocks: list[str], out: list[Event]) -> None:
+        """SSE text without CR, split at its blank lines: the common events (one ``data:``
+        line, or an ``event:`` line and one ``data:`` line) are decoded here; any other
+        block goes line by line, as the text would, followed by its blank line."""
+        tail = blocks.pop()  # after the last blank line: not complete yet
+        limit = self.max_event_bytes
+        decode = self.typed or _decode
+        typed = self.typed is not None
+        events = out.append
+        start = 0
+        if self._partial or self._data or self._name is not None or self._discard:
+            self._lines_of(blocks[0] + "\n\n", out)  # completes what the last text left open
+            start = 1
+        for j in range(start, len(blocks)):
+            block = blocks[j]
+            if block[:5] == "data:" and len(block) <= limit and "\n" not in block:
+                data = block[6:] if block[5:6] == " " else block[5:]
+                name = None
+            elif block[:6] == "event:" and len(block) <= limit:
+                cut = block.find("\ndata:")
+                if cut < 0 or block.find("\n", cut + 1) >= 0:
+                    self._lines_of(block + "\n\n", out)
+                    continue
+                name = block[6:cut]
+                if name[:1] == " ":
+                    name = name[1:]
+                data = block[cut + 7 :] if block[cut + 6 : cut + 7] == " " else block[cut + 6 :]
+            else:
+                self._lines_of(block + "\n\n", out)
+                continue
+            try:
+                value = decode(data)
+            except (ValueError, RecursionError):
+                try:
+                    if not typed:
+                        raise
+                    value = _decode(data)
+                except (ValueError, RecursionError):
+                    self._lines_of(block + "\n\n", out)  # [DONE], a keep-alive, or malformed: as ever
+                    continue
+            if name is None and not self.done:
+                self._events += 1
+                events(_event(Event, (None, value)))  # Event(None, value), without its Python __new__
+            else:
+                self._emit(name, value, out)
+        if tail:
+            self._lines_of(tail, out)
+
+    def _lines_of(self, text: str, out: list[Event]) -> None:
         if self._cr:
             self._cr = False
             if text[0] == "\n":
@@ -386,7 +449,13 @@ class StreamDecoder:
         self._data, self._data_len, self._name = [], 0, None
         text = data[0] if len(data) == 1 else "\n".join(data)
         try:
-            value = _decode(text)
+            if self.typed is None:
+                value = _decode(text)
+            else:
+                try:
+                    value = self.typed(text)
+                except (ValueError, RecursionError):
+                    value = _decode(text)  # not the common shape: read as before
         except (ValueError, RecursionError) as e:
             self._not_json(name, data, text, e, out)
         else:

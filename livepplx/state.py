@@ -29,10 +29,11 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypedDict
 
 from .errors import NoLogprobsError, StreamFormatError, TooManyChoicesError
-from .formats import FORMATS, Parsed, detect_format, error_message
+from .formats import FAST_PARSERS, FORMATS, TYPED_DECODERS, Parsed, detect_format, error_message
 from .sse import MAX_EVENT_BYTES, Event, StreamDecoder
 from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
 from .tokens import SKIPPED, Token
@@ -203,6 +204,9 @@ class Due:
     argument: Any
 
 
+_text_of = attrgetter("text")
+
+
 def _snippet(chunk: Any, limit: int = 80) -> str:
     """What an unreadable chunk looked like, short and safe to print (repr escapes controls)."""
     if isinstance(chunk, dict):
@@ -274,6 +278,7 @@ class StreamState:
         self._ended = False
         self._finished = False
         self._decoder: StreamDecoder | None = None
+        self._fast: Callable[[Any], tuple[list[Token], tuple[int, ...]] | None] | None = None
         for listener in self.listeners:
             listener.on_start(self)
 
@@ -364,6 +369,8 @@ class StreamState:
         except StreamFormatError as e:
             self.fail(str(e))
             raise
+        if not self.triggers and not self._token_hooks and self.format is not None:
+            return self._handle_batch(events)
         if len(events) == 1 and type(events[0].data) is not list:
             return self._handle_object(events[0].data)
         return self._handle_events(events)
@@ -378,7 +385,50 @@ class StreamState:
                 tokens += self._handle_object(data)
         return tokens
 
-    def _handle_object(self, chunk: Any) -> list[Token]:
+    def _handle_batch(self, events: list[Event]) -> list[Token]:
+        """The events of one read when nothing watches tokens one by one (no trigger, no
+        hook): each chunk is read as :meth:`_handle_object` reads it, and its tokens are
+        counted at the end of the read, each choice's in one :meth:`ChoiceStats.update_many`
+        (the same arithmetic, token by token) and its text joined once. Nothing is ever left
+        uncounted: a new choice (which may fail) first counts what came before it."""
+        batch: list[Token] = []
+        try:
+            for event in events:
+                data = event.data
+                if type(data) is list:
+                    for item in data:
+                        self._handle_object(item, batch)
+                else:
+                    self._handle_object(data, batch)
+        finally:
+            self._count(batch)
+        return batch
+
+    def _count(self, batch: list[Token]) -> None:
+        """Count the tokens a batch held back (their choices exist already)."""
+        if not batch:
+            return
+        first = batch[0].choice
+        if len(self.choices) == 1 or all(t.choice == first for t in batch):
+            self._count_choice(first, batch)
+            return
+        by_choice: dict[int, list[Token]] = {}
+        for t in batch:
+            by_choice.setdefault(t.choice, []).append(t)
+        for index, tokens in by_choice.items():
+            self._count_choice(index, tokens)
+
+    def _count_choice(self, index: int, tokens: list[Token]) -> None:
+        self.choices[index].update_many(tokens)
+        text = "".join(map(_text_of, tokens))
+        if text:
+            text = self.texts[index] + text
+            limit = self.text_limit
+            if limit is not None and len(text) > limit:
+                text = text[-limit:] if limit else ""
+            self.texts[index] = text
+
+    def _handle_object(self, chunk: Any, batch: list[Token] | None = None) -> list[Token]:
         self.chunks += 1
         fmt = self.format
         if fmt is None:
@@ -394,6 +444,33 @@ class StreamState:
                         self._first_unrecognized = _snippet(chunk)
                 return []
             self.format = fmt
+            self._fast = FAST_PARSERS.get(fmt)
+            if self._decoder is not None:
+                # Raw input: from now on its data is decoded straight into the format's structs.
+                self._decoder.typed = TYPED_DECODERS.get(fmt)
+        fast = self._fast
+        if fast is not None:
+            # The common shape: tokens and end marks, nothing else to record (the format's
+            # parser would say the same, slower).
+            read = fast(chunk)
+            if read is not None:
+                tokens, ended = read
+                if batch is not None:
+                    choices = self.choices
+                    for token in tokens:
+                        if token.choice not in choices:
+                            self._count(batch)  # what came before is counted, whatever happens next
+                            batch.clear()
+                            self._new_choice(token.choice)
+                        batch.append(token)
+                else:
+                    for token in tokens:
+                        self._add(token)
+                        if self.stopped is not None:
+                            break  # what follows the crossing token in the same chunk is not counted
+                if ended:
+                    self.ended.update(ended)
+                return tokens
         parsed: Parsed = FORMATS[fmt](chunk)
         if parsed.error:
             self.server_error = self.server_error or parsed.error
@@ -405,10 +482,19 @@ class StreamState:
             self.unscored += parsed.unscored
             if not self.choices and self.unscored >= self.missing_after:
                 self._missing_logprobs()
-        for token in parsed.tokens:
-            self._add(token)
-            if self.stopped is not None:
-                break  # what follows the crossing token in the same chunk is not counted
+        if batch is not None:
+            choices = self.choices
+            for token in parsed.tokens:
+                if token.choice not in choices:
+                    self._count(batch)  # what came before is counted, whatever happens next
+                    batch.clear()
+                    self._new_choice(token.choice)
+                batch.append(token)
+        else:
+            for token in parsed.tokens:
+                self._add(token)
+                if self.stopped is not None:
+                    break  # what follows the crossing token in the same chunk is not counted
         ended = getattr(parsed, "ended", ())
         if ended:
             self.ended.update(ended)

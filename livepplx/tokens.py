@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import math
 from enum import IntEnum
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-__all__ = ["CENSORED_AT_OR_BELOW", "UNLISTED_FLOOR", "Status", "Token", "make_token", "as_logprob"]
+import msgspec
+
+__all__ = ["CENSORED_AT_OR_BELOW", "UNLISTED_FLOOR", "Status", "Token", "make_token", "float_token", "as_logprob"]
 
 #: A logprob at or below this is a placeholder, not a value (OpenAI and vLLM use -9999.0).
 CENSORED_AT_OR_BELOW = -9999.0
@@ -57,7 +59,7 @@ class Status(IntEnum):
 OK, CENSORED, SKIPPED = Status.OK, Status.CENSORED, Status.SKIPPED
 
 
-class Token:
+class Token(msgspec.Struct, gc=False):
     """One generated token of one choice.
 
     Attributes:
@@ -66,18 +68,17 @@ class Token:
         logprob: the value the statistics use (NaN when ``SKIPPED``).
         status: :class:`Status` of the raw value.
         alternatives: the listed alternatives' logprobs, finite and not censored.
+
+    A struct made in C (msgspec): one is made for every token, at a third of the
+    instructions of a Python class's ``__init__``; never tracked by the garbage
+    collector (it holds no container of objects of its own making).
     """
 
-    __slots__ = ("choice", "text", "logprob", "status", "alternatives")
-
-    def __init__(
-        self, choice: int, text: str, logprob: float, status: Status, alternatives: tuple[float, ...]
-    ) -> None:
-        self.choice = choice
-        self.text = text
-        self.logprob = logprob
-        self.status = status
-        self.alternatives = alternatives
+    choice: int
+    text: str
+    logprob: float
+    status: Status
+    alternatives: tuple[float, ...]
 
     def __repr__(self) -> str:
         return (
@@ -155,3 +156,21 @@ def make_token(
         # The sampled token is at least as unlikely as the least likely listed one.
         return Token(choice, text, min(alts) if alts else UNLISTED_FLOOR, CENSORED, alts)
     return Token(choice, text, value, OK, alts)
+
+
+def float_token(choice: int, text: str, raw: float | None, alternatives: Sequence[float]) -> Token:
+    """:func:`make_token` for values known to be floats or None (a typed decoder's): the
+    same policy, with the checks that only other types need left out.
+
+    >>> float_token(0, "a", -0.5, [-0.5, -1.5]) == make_token(0, "a", -0.5, [-0.5, -1.5])
+    True
+    """
+    if alternatives:
+        alts = tuple(alternatives)
+        if not (min(alts) > CENSORED_AT_OR_BELOW and max(alts) <= 0.0):
+            alts = _clean_alternatives(alts, False)
+    else:
+        alts = ()
+    if raw is not None and CENSORED_AT_OR_BELOW < raw <= 0.0:
+        return Token(choice, text, raw, OK, alts)
+    return make_token(choice, text, raw, alts)
