@@ -348,7 +348,16 @@ def _fast_completions(chunk: Any) -> Fast | None:
                 for raw, text, top in zip(values, texts, tops):
                     if type(text) is not str or type(top) is not dict:
                         return None
-                    tokens.append(make_token(index, text, raw, top.values()))
+                    alts = tuple(top.values())
+                    for v in alts:
+                        if type(v) is not float or not _FLOOR < v <= 0.0:
+                            tokens.append(make_token(index, text, raw, alts))
+                            break
+                    else:
+                        if type(raw) is float and _FLOOR < raw <= 0.0:
+                            tokens.append(Token(index, text, raw, OK, alts))
+                        else:
+                            tokens.append(make_token(index, text, raw, alts))
             finish = choice.finish_reason
             if finish is not None:
                 if type(finish) is not str:

@@ -34,6 +34,7 @@ import inspect
 import math
 import queue
 import threading
+import time
 from collections import deque
 from typing import (
     TYPE_CHECKING,
@@ -93,9 +94,11 @@ class _IdleTimeout(Exception):
     """No chunk came within the idle timeout."""
 
 
-def _idle_limited(source: Iterable[Any], seconds: float) -> Iterator[Any]:
+def _idle_limited(source: Iterable[Any], seconds: float, progress: Callable[[], int]) -> Iterator[Any]:
     """Iterate ``source`` on a helper thread, one item at a time (never ahead of the
-    consumer), raising :class:`_IdleTimeout` when an item takes longer than ``seconds``.
+    consumer), raising :class:`_IdleTimeout` when ``progress()`` (the events the state has
+    read) has not grown for ``seconds``: bytes that complete no event (keep-alive comments,
+    a trickle) do not count as life.
 
     A blocking read cannot be interrupted from its own thread; closing the source from
     this one (the wrapper does) makes the helper's read fail, and the thread ends.
@@ -120,11 +123,15 @@ def _idle_limited(source: Iterable[Any], seconds: float) -> Iterator[Any]:
                 return
 
     threading.Thread(target=pump, daemon=True, name="livepplx-idle-reader").start()
+    seen, deadline = progress(), time.monotonic() + seconds
     try:
         while True:
+            now = progress()
+            if now != seen:
+                seen, deadline = now, time.monotonic() + seconds
             wanted.release()
             try:
-                kind, item = results.get(timeout=seconds)
+                kind, item = results.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise _IdleTimeout from None
             if kind == 1:
@@ -137,16 +144,35 @@ def _idle_limited(source: Iterable[Any], seconds: float) -> Iterator[Any]:
         wanted.release()
 
 
-async def _aidle_limited(source: AsyncIterable[Any], seconds: float) -> AsyncIterator[Any]:
+async def _aidle_limited(source: AsyncIterable[Any], seconds: float, progress: Callable[[], int]) -> AsyncIterator[Any]:
+    """:func:`_idle_limited` for an async source: no thread, ``asyncio.wait_for``."""
     it = source.__aiter__()
+    seen, deadline = progress(), time.monotonic() + seconds
     while True:
+        now = progress()
+        if now != seen:
+            seen, deadline = now, time.monotonic() + seconds
         try:
-            item = await asyncio.wait_for(it.__anext__(), seconds)
+            item = await asyncio.wait_for(it.__anext__(), max(0.0, deadline - time.monotonic()))
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
             raise _IdleTimeout from None
         yield item
+
+
+def _named(error: BaseException) -> LivepplxError | None:
+    """The named error for what a client's own decoding raised mid-stream, or None to
+    let it through (transport errors, Ctrl-C: the caller's client already names them)."""
+    kind = type(error)
+    if kind.__name__ == "APIError" and kind.__module__.startswith("openai"):
+        # The openai SDK raises its base APIError for an error event in the stream.
+        return ServerStreamError(f"the server sent an error mid-stream: {error}")
+    if isinstance(error, (ValueError, RecursionError)) and not isinstance(error, LivepplxError):
+        # JSONDecodeError, UnicodeDecodeError, a number too long to read, nesting too deep
+        return StreamFormatError(f"not a stream livepplx can read: the client could not decode it "
+                                 f"({kind.__name__}: {str(error)[:200]})")
+    return None
 
 
 class _Monitored:
@@ -163,6 +189,10 @@ class _Monitored:
         self._closed = False
         self._head: deque[Any] = deque()  # chunks read ahead by prefetch(), served first
 
+    def _events(self) -> int:
+        """What counts as life for the idle timeout: the events (chunks) the state has read."""
+        return self.state.chunks
+
     def _check_server_error(self) -> None:
         if self.state.server_error is not None:
             raise ServerStreamError(f"the server sent an error mid-stream: {self.state.server_error}")
@@ -171,7 +201,7 @@ class _Monitored:
         """The source ran out: judge the whole stream; raise what the caller must see."""
         self.state.finish()
         self._check_server_error()
-        if self.state.format is None and self.state.chunks:
+        if self.state.unreadable:
             raise StreamFormatError(self.state.error)
         # A truncated stream is recorded (error, truncated), not raised: the transport
         # already ended the iteration, as the SDKs do, and the statistics stand.
@@ -262,7 +292,7 @@ class MonitoredStream(_Monitored, Generic[T]):
         source: Iterable[Any] = cast(Any, stream).iter_bytes() if _is_response(stream) else stream
         if isinstance(source, (bytes, bytearray, str)):
             source = cast(Iterable[Any], (source,))  # a whole capture: one chunk, not its characters one by one
-        self._source = _idle_limited(source, idle_timeout) if idle_timeout is not None else source
+        self._source = _idle_limited(source, idle_timeout, self._events) if idle_timeout is not None else source
         self._chunks: Generator[T, None, None] = self._iterate()
 
     def _iterate(self) -> Generator[T, None, None]:
@@ -278,7 +308,8 @@ class MonitoredStream(_Monitored, Generic[T]):
                         return
                     if state.due:
                         self._run(state.take_due())
-                    self._check_server_error()
+                    if state.server_error is not None:  # _check_server_error, inline: once a chunk
+                        self._check_server_error()
                     yield chunk
                     if state.stopped is not None:  # stop() was called while the caller held the chunk
                         return
@@ -287,7 +318,10 @@ class MonitoredStream(_Monitored, Generic[T]):
                 return
             self._ended()
         except BaseException as e:
-            self._failed(e)
+            named = _named(e)
+            self._failed(named or e)
+            if named is not None:
+                raise named from e
             raise
         finally:
             self.close()
@@ -351,9 +385,12 @@ class AsyncMonitoredStream(_Monitored, Generic[T]):
     """
 
     def __init__(self, stream: AsyncIterable[T], state: StreamState, idle_timeout: float | None = None) -> None:
+        if not _is_response(stream) and not hasattr(stream, "__aiter__"):
+            raise NotAStreamError(f"amonitor() reads an async iterable (an AsyncStream, an async generator), not "
+                                  f"{type(stream).__name__}: use monitor() for a plain iterable")
         super().__init__(stream, state, idle_timeout)
         source: AsyncIterable[Any] = cast(Any, stream).aiter_bytes() if _is_response(stream) else stream
-        self._source = _aidle_limited(source, idle_timeout) if idle_timeout is not None else source
+        self._source = _aidle_limited(source, idle_timeout, self._events) if idle_timeout is not None else source
         self._chunks: AsyncGenerator[T, None] = self._iterate()
 
     async def _iterate(self) -> AsyncGenerator[T, None]:
@@ -378,7 +415,10 @@ class AsyncMonitoredStream(_Monitored, Generic[T]):
                 return
             self._ended()
         except BaseException as e:
-            self._failed(e)
+            named = _named(e)
+            self._failed(named or e)
+            if named is not None:
+                raise named from e
             raise
         finally:
             await self.close()

@@ -265,9 +265,9 @@ class StreamDecoder:
                 except (ValueError, RecursionError):
                     self._lines_of(block + "\n\n", out)  # [DONE], a keep-alive, or malformed: as ever
                     continue
-            if name is None and not self.done:
+            if name != "error" and not self.done:  # what _emit does with any other event
                 self._events += 1
-                events(_event(Event, (None, value)))  # Event(None, value), without its Python __new__
+                events(_event(Event, (name, value)))  # Event(name, value), without its Python __new__
             else:
                 self._emit(name, value, out)
         if tail:
@@ -377,6 +377,11 @@ class StreamDecoder:
         return error
 
     def _emit(self, name: str | None, value: Any, out: list[Event]) -> None:
+        if self.done:
+            # [DONE] ended the stream: what follows (a second answer appended, a proxy's
+            # junk) belongs to no answer, and is skipped and counted, never read into this one.
+            self._bad(f"event {self._events + self.skipped + 1}: an event after [DONE]")
+            return
         if name == "error" and isinstance(value, dict) and "error" not in value and "type" not in value:
             value = {"error": value}  # `event: error` with the error object as data
         self._events += 1

@@ -26,6 +26,7 @@ was stopped, then runs what :meth:`StreamState.take_due` hands over. Reading rul
 
 from __future__ import annotations
 
+import reprlib
 import warnings
 from collections import deque
 from dataclasses import dataclass, fields, replace
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["StreamState", "MonitorOptions", "MonitorKeywords", "Stop", "Listener", "Due", "stop_above_trigger"]
 
 MissingPolicy = Literal["raise", "warn", "ignore"]
+#: The most memory the rolling windows of one stream's choices may reserve (1 GiB).
+WINDOW_MEMORY_BUDGET = 1 << 30
 TokenHook = Callable[[Token, ChoiceStats], None]
 
 
@@ -116,7 +119,7 @@ class MonitorOptions:
             not one logprob: ``"raise"`` :class:`NoLogprobsError` (default), ``"warn"``, ``"ignore"``.
         missing_after: how many chunks of text without logprobs prove the endpoint drops them (default 3).
         max_choices: distinct choice indexes one stream may name (default 256; each costs
-            about 17 kB); past it, :class:`~livepplx.errors.TooManyChoicesError`.
+            about 34 kB); past it, :class:`~livepplx.errors.TooManyChoicesError`.
         max_event_bytes: the longest line or event raw input may have (default 8 MiB);
             a longer one is malformed (:class:`~livepplx.sse.StreamDecoder`).
         listeners: objects told of the stream's life (:class:`Listener`): telemetry, for one.
@@ -205,14 +208,17 @@ class Due:
 
 
 _text_of = attrgetter("text")
+_RAW = (bytes, bytearray, memoryview, str)
 
 
 def _snippet(chunk: Any, limit: int = 80) -> str:
     """What an unreadable chunk looked like, short and safe to print (repr escapes controls)."""
     if isinstance(chunk, dict):
         text = "{" + ", ".join(repr(k)[:40] for k in list(chunk)[:8]) + (", ..." if len(chunk) > 8 else "") + "}"
+    elif isinstance(chunk, int) and not isinstance(chunk, bool) and chunk.bit_length() > 1000:
+        text = f"int of {chunk.bit_length()} bits"  # repr() refuses ints past 4300 digits
     else:
-        text = f"{type(chunk).__name__} {chunk!r}"
+        text = f"{type(chunk).__name__} {reprlib.repr(chunk)}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -234,8 +240,9 @@ class StreamState:
         self.format: str | None = None
         #: statistics by choice index
         self.choices: dict[int, ChoiceStats] = {}
-        #: the text of each choice (at most its last ``text_limit`` characters)
-        self.texts: dict[int, str] = {}
+        # The text of each choice as pieces, joined when read: appending stays O(1) a token
+        # even when the whole text is kept (text_limit=None).
+        self._texts: dict[int, list[str]] = {}
         #: what went wrong, first thing first: a server's error event, a truncated or
         #: unreadable stream, missing logprobs, a failed callback; None while all is well
         self.error: str | None = None
@@ -243,6 +250,8 @@ class StreamState:
         self.server_error: str | None = None
         #: True when the stream ended without its end (see the module's rules)
         self.truncated = False
+        #: True when nothing in it could be read: no known format, or every entry malformed
+        self.unreadable = False
         #: chunks handled (decoded events, for raw input)
         self.chunks = 0
         #: chunks whose format could not be told (before it was known, or not a JSON object)
@@ -314,10 +323,10 @@ class StreamState:
         """
         if self.stopped is not None:
             return []  # a stopped stream counts nothing more
-        if isinstance(chunk, (bytes, bytearray, memoryview)):
+        if isinstance(chunk, _RAW):
+            if isinstance(chunk, str):
+                return self._handle_raw(chunk if chunk.endswith("\n") else chunk + "\n")
             return self._handle_raw(chunk)
-        if isinstance(chunk, str):
-            return self._handle_raw(chunk if chunk.endswith("\n") else chunk + "\n")
         return self._handle_object(chunk)
 
     def finish(self) -> None:
@@ -341,11 +350,20 @@ class StreamState:
                 self.truncated = True
                 self.fail("the stream was empty: it ended before its first chunk")
             else:
+                self.unreadable = True
                 self.fail(
                     f"not a stream livepplx can read: none of its {self.chunks} chunks is in a format livepplx "
                     f"knows (the first looked like {self._first_unrecognized}); it reads OpenAI chat, "
                     "completions and Responses, llama.cpp, TGI, Ollama and Gemini streams"
                 )
+            return
+        if self.malformed and not self.has_logprobs:
+            # Not "no logprobs": the server sent entries, in shapes that are not tokens.
+            self.unreadable = True
+            self.fail(
+                f"not a stream livepplx can read: its {self.malformed} token entries or choices were all malformed "
+                f"(wrong JSON types, e.g. a choice index that is not a whole number) in an otherwise {self.format} stream"
+            )
             return
         if not self.complete:
             self.truncated = True
@@ -422,11 +440,11 @@ class StreamState:
         self.choices[index].update_many(tokens)
         text = "".join(map(_text_of, tokens))
         if text:
-            text = self.texts[index] + text
+            pieces = self._texts[index]
+            pieces.append(text)
             limit = self.text_limit
-            if limit is not None and len(text) > limit:
-                text = text[-limit:] if limit else ""
-            self.texts[index] = text
+            if limit is not None and (len(pieces) > 64 or len(text) > limit):
+                self._collapse(pieces)  # bounded memory, amortised over 64 reads
 
     def _handle_object(self, chunk: Any, batch: list[Token] | None = None) -> list[Token]:
         self.chunks += 1
@@ -463,6 +481,19 @@ class StreamState:
                             batch.clear()
                             self._new_choice(token.choice)
                         batch.append(token)
+                elif len(tokens) == 1 and not self.triggers and not self._token_hooks:
+                    # One token, nothing watching it (an SDK stream's chunk): _add, inline.
+                    token = tokens[0]
+                    index = token.choice
+                    stats = self.choices.get(index)
+                    if stats is None:
+                        stats = self._new_choice(index)
+                    stats.update(token)
+                    if token.text:
+                        pieces = self._texts[index]
+                        pieces.append(token.text)
+                        if len(pieces) > 64 and self.text_limit is not None:
+                            self._collapse(pieces)  # bounded memory, amortised over 64 tokens
                 else:
                     for token in tokens:
                         self._add(token)
@@ -521,8 +552,17 @@ class StreamState:
                        "raise max_choices if the request really asked for that many (n)")
             self.fail(message)
             raise TooManyChoicesError(message)
+        # Each choice reserves its windows up front: a huge window times many choices is
+        # refused by name before it becomes gigabytes.
+        held = 16 * (self.options.window + self.options.group_window + 2) * (len(self.choices) + 1)  # ChoiceStats: 2 doubles a slot
+        if held > WINDOW_MEMORY_BUDGET:
+            message = (f"choice {index} would make the windows of this stream hold {held / 2**30:.1f} GiB "
+                       f"({len(self.choices) + 1} choices x window {self.options.window:,} + group_window "
+                       f"{self.options.group_window:,}); lower window or max_choices")
+            self.fail(message)
+            raise TooManyChoicesError(message)
         stats = self.choices[index] = ChoiceStats(index, **self._stats_options)
-        self.texts[index] = ""
+        self._texts[index] = []
         self._armed[index] = [Armed(t) for t in self.triggers]
         return stats
 
@@ -533,11 +573,10 @@ class StreamState:
             stats = self._new_choice(index)
         stats.update(token)
         if token.text:
-            text = self.texts[index] + token.text
-            limit = self.text_limit
-            if limit is not None and len(text) > limit:
-                text = text[-limit:] if limit else ""
-            self.texts[index] = text
+            pieces = self._texts[index]
+            pieces.append(token.text)
+            if len(pieces) > 64 and self.text_limit is not None:
+                self._collapse(pieces)  # bounded memory, amortised over 64 tokens
         if token.status is not SKIPPED:
             for hook in self._token_hooks:
                 hook(token, stats)
@@ -598,9 +637,27 @@ class StreamState:
         stats = self.choices.get(index)
         return stats if stats is not None else ChoiceStats(index, **self._stats_options)
 
+    def _collapse(self, pieces: list[str]) -> str:
+        text = "".join(pieces)
+        limit = self.text_limit
+        if limit is not None and len(text) > limit:
+            text = text[-limit:] if limit else ""
+        pieces[:] = [text]
+        return text
+
     def text(self, index: int = 0) -> str:
         """The choice's text so far (at most its last ``text_limit`` characters)."""
-        return self.texts.get(index, "")
+        pieces = self._texts.get(index)
+        if not pieces:
+            return ""
+        if len(pieces) == 1 and (self.text_limit is None or len(pieces[0]) <= self.text_limit):
+            return pieces[0]
+        return self._collapse(pieces)
+
+    @property
+    def texts(self) -> dict[int, str]:
+        """The text of each choice (at most its last ``text_limit`` characters)."""
+        return {index: self.text(index) for index in self._texts}
 
     @property
     def tokens(self) -> int:

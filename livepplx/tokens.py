@@ -32,6 +32,7 @@ True
 from __future__ import annotations
 
 import math
+from numbers import Real as _Real
 from enum import IntEnum
 from typing import Any, Iterable, Sequence
 
@@ -97,9 +98,12 @@ def as_logprob(raw: object, prob_mode: bool = False) -> float | None:
     """
     if type(raw) is not float:
         # bool is an int but never a logprob; strings are never numbers here.
-        if type(raw) is not int:
+        if type(raw) is int:
+            raw = _int_to_float(raw)
+        elif isinstance(raw, _Real) and not isinstance(raw, bool):
+            raw = float(raw)  # numpy's float32 / float64 (llama-cpp-python's answers), Fraction, Decimal-free reals
+        else:
             return None
-        raw = _int_to_float(raw)
     if prob_mode:
         if not 0.0 <= raw <= 1.0:  # also False for NaN
             return None

@@ -14,7 +14,10 @@ import pytest
 from conftest import CountingBody, openai_clients, ppl_of, replay, sse, sse_response, token_event
 from livepplx import (
     CallbackError,
+    NotAStreamError,
+    StreamFormatError,
     NoLogprobsError,
+    ServerStreamError,
     StreamErrorEvent,
     Trigger,
     amonitor,
@@ -192,10 +195,11 @@ def test_endpoint_that_ignores_logprobs_raises_a_named_error_and_closes() -> Non
 def test_sdk_mid_stream_error_keeps_the_stats() -> None:
     events = [token_event("a", -1.0), token_event("b", -2.0), sse({"error": {"message": "GPU fell over"}}, done=False)]
     sync, _ = openai_clients(lambda request: sse_response(CountingBody(events)))
-    with pytest.raises(openai.APIError, match="GPU fell over"):
+    with pytest.raises(ServerStreamError, match="GPU fell over") as caught:  # named, as for raw bytes
         with monitor(create(sync)) as m:
             list(m)
-    assert m.tokens == 2 and m.error is not None and m.error.endswith("APIError: GPU fell over")
+    assert type(caught.value.__cause__) is openai.APIError  # the SDK's own, kept as the cause
+    assert m.tokens == 2 and m.error == "the server sent an error mid-stream: GPU fell over"
     assert math.isclose(m.ppl, math.exp(1.5))
 
 
@@ -336,7 +340,7 @@ def test_an_error_event_before_the_first_token_is_not_retried() -> None:
         return sse_response(CountingBody([sse({"error": {"message": "bad prompt"}}, done=False)]))
 
     sync, _ = openai_clients(handler)
-    with pytest.raises(openai.APIError, match="bad prompt"):
+    with pytest.raises(ServerStreamError, match="bad prompt"):
         livepplx.stream(sync, model="m", messages=MESSAGES, wait=tenacity.wait_none())
     assert len(calls) == 1
 
@@ -389,3 +393,19 @@ def test_retry_after_is_read_in_every_form_and_capped() -> None:
     assert 15 < waited({"retry-after": date}) <= 20
     assert waited({"retry-after": "3600"}) == MAX_RETRY_AFTER
     assert waited({}) == 7.0  # no header: the fallback wait
+
+
+@pytest.mark.parametrize("bad", [b"data: <html>\n\n", b"data: " + b"[" * 100_000 + b"\n\n", b"data: \xff\n\n",
+                                 b'data: {"choices": [{"index": 0, "logprobs": {"content": [{"logprob": ' + b"1" * 5000 + b'}]}}]}\n\n'],
+                         ids=["html", "deep", "bad-utf8", "5000-digits"])
+def test_what_the_sdk_cannot_decode_mid_stream_is_a_named_error_with_the_stats_kept(bad: bytes) -> None:
+    sync, _ = openai_clients(lambda request: sse_response(CountingBody([token_event("a", -1.0), bad])))
+    with pytest.raises(StreamFormatError, match="not a stream livepplx can read: the client could not decode it"):
+        with monitor(create(sync)) as m:
+            list(m)
+    assert m.tokens == 1 and m.error is not None
+
+
+def test_amonitor_of_a_plain_list_says_to_use_monitor() -> None:
+    with pytest.raises(NotAStreamError, match="use monitor"):
+        amonitor([token_event("a", -1.0)])  # type: ignore[arg-type]

@@ -285,3 +285,71 @@ def test_a_top_level_json_array_is_a_sequence_of_chunks() -> None:
     whole = json.dumps([chunk(-1.0), chunk(-2.0, finish="stop")], indent=2).encode()  # pretty-printed, as saved
     state = replay(whole)
     assert state.tokens == 2 and state.complete and state.error is None and math.isclose(state.ppl, math.exp(1.5))
+
+
+def test_keep_alive_comments_do_not_keep_a_stalled_stream_alive() -> None:
+    def trickle() -> Iterator[bytes]:
+        yield token_event("a", -0.5)
+        for _ in range(200):  # 20 s of ": ping" and never an event
+            time.sleep(0.1)
+            yield b": ping\n\n"
+
+    started = time.monotonic()
+    with monitor(trickle(), idle_timeout=0.5) as m:
+        list(m)
+    assert time.monotonic() - started < 5 and m.tokens == 1 and m.stopped is not None
+    assert m.stopped.reason == "idle timeout"
+
+    async def atrickle():  # type: ignore[no-untyped-def]
+        yield token_event("a", -0.5)
+        for _ in range(200):
+            await asyncio.sleep(0.1)
+            yield b": ping\n\n"
+
+    async def main() -> Any:
+        async with amonitor(atrickle(), idle_timeout=0.5) as am:
+            async for _ in am:
+                pass
+        return am
+
+    started = time.monotonic()
+    am = asyncio.run(main())
+    assert time.monotonic() - started < 5 and am.stopped is not None and am.stopped.reason == "idle timeout"
+
+
+def test_nothing_after_done_is_counted() -> None:
+    data = sse(chunk(-1.0), chunk(-2.0, finish="stop")) + sse(chunk(-9.0), done=False)
+    state = replay(data)
+    assert state.tokens == 2 and math.isclose(state.ppl, math.exp(1.5)) and state.skipped_events == 1
+    assert state.complete and state.error is None
+
+
+def test_a_stream_whose_every_entry_is_malformed_is_unreadable_not_fine() -> None:
+    bad = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop",
+           "logprobs": {"content": {"token": "Hi", "logprob": -0.5}}}]}  # content is an object, not a list
+    with pytest.raises(StreamFormatError, match="malformed"):
+        with monitor(iter([bad])) as m:
+            list(m)
+    assert m.state.unreadable and m.state.malformed == 1 and m.tokens == 0
+
+
+def test_numpy_floats_are_numbers_as_llama_cpp_python_returns_them() -> None:
+    import numpy as np
+
+    from livepplx import score
+
+    answer = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "Hi!"},
+              "logprobs": {"content": [
+                  {"token": "Hi", "logprob": np.float32(-0.5), "top_logprobs": [{"token": "Hi", "logprob": np.float32(-0.5)},
+                                                                                {"token": "Yo", "logprob": np.float32(-1.5)}]},
+                  {"token": "!", "logprob": np.float64(-1.5), "top_logprobs": []}]}}]}
+    state = score(answer)
+    assert state.tokens == 2 and math.isclose(state.ppl, math.exp(1.0), rel_tol=1e-6)
+    json.loads(json.dumps(state.summary(), allow_nan=False))  # numpy values never reach the JSON
+
+
+def test_a_chunk_that_is_a_huge_integer_is_described_not_a_value_error() -> None:
+    state = StreamState()
+    state.handle(10**5000)
+    state.finish()
+    assert state.unreadable and state.error is not None and "int of" in state.error

@@ -10,6 +10,8 @@ costs, so start-up and imports cancel out.
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import shutil
 import subprocess
@@ -58,9 +60,13 @@ else:
 
 def instructions(layer: str, n: int) -> int:
     code = RUNNER.format(bench=str(Path(__file__).parent))
+    # numpy's OpenBLAS threads spin for a while after import: one thread makes the counts
+    # repeatable to the instruction; so do a fixed hash seed and no address randomisation.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    prefix = ["setarch", platform.machine(), "-R"] if shutil.which("setarch") else []
     result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, layer, str(n)],
-        capture_output=True, text=True, check=True)
+        [*prefix, "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code,
+         layer, str(n)], capture_output=True, text=True, check=True, env=env)
     match = re.search(r"Collected : (\d+)", result.stderr)
     assert match, result.stderr[-500:]
     return int(match.group(1))
