@@ -133,6 +133,7 @@ class StreamDecoder:
         #: :data:`livepplx.formats.TYPED_DECODERS`); data it refuses (``ValueError``) is
         #: decoded as JSON, as without it
         self.typed: Callable[[str], Any] | None = None
+        self._bare = False  # feed_values(): the events' data alone
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         self._bytes_read = 0
         self._error: str | None = None  # raised again by every later call
@@ -158,6 +159,20 @@ class StreamDecoder:
     def buffered(self) -> int:
         """Characters held for what is not complete yet: at most twice ``max_event_bytes``."""
         return self._partial_len + self._data_len + self._doc_len
+
+    def feed_values(self, chunk: bytes | bytearray | memoryview | str) -> list[Any]:
+        """:meth:`feed`, giving each event's data without its name: for a reader of the
+        data alone (an ``event: error``'s data is wrapped as :meth:`feed` wraps it), without
+        an :class:`Event` made per event.
+
+        >>> StreamDecoder().feed_values(b'event: x\\ndata: {"a": 1}\\n\\n')
+        [{'a': 1}]
+        """
+        self._bare = True
+        try:
+            return self.feed(chunk)
+        finally:
+            self._bare = False
 
     def feed(self, chunk: bytes | bytearray | memoryview | str) -> list[Event]:
         """Decode what arrived; return the events it completed."""
@@ -225,7 +240,7 @@ class StreamDecoder:
                 return
         self._lines_of(text, out)
 
-    def _blocks(self, blocks: list[str], out: list[Event]) -> None:
+    def _blocks(self, blocks: list[str], out: list[Any]) -> None:
         """SSE text without CR, split at its blank lines: the common events (one ``data:``
         line, or an ``event:`` line and one ``data:`` line) are decoded here; any other
         block goes line by line, as the text would, followed by its blank line."""
@@ -233,43 +248,52 @@ class StreamDecoder:
         limit = self.max_event_bytes
         decode = self.typed or _decode
         typed = self.typed is not None
+        bare = self._bare
         events = out.append
-        start = 0
         if self._partial or self._data or self._name is not None or self._discard:
             self._lines_of(blocks[0] + "\n\n", out)  # completes what the last text left open
-            start = 1
-        for j in range(start, len(blocks)):
-            block = blocks[j]
-            if block[:5] == "data:" and len(block) <= limit and "\n" not in block:
-                data = block[6:] if block[5:6] == " " else block[5:]
-                name = None
-            elif block[:6] == "event:" and len(block) <= limit:
+            del blocks[0]
+        done = self.done
+        read = 0  # events read here and not yet in self._events (the slow paths read it)
+        for block in blocks:
+            name = None
+            if block.startswith("data: ") and "\n" not in block and len(block) <= limit:
+                data: str | None = block[6:]
+            elif block.startswith("event:") and len(block) <= limit:
                 cut = block.find("\ndata:")
                 if cut < 0 or block.find("\n", cut + 1) >= 0:
-                    self._lines_of(block + "\n\n", out)
-                    continue
-                name = block[6:cut]
-                if name[:1] == " ":
-                    name = name[1:]
-                data = block[cut + 7 :] if block[cut + 6 : cut + 7] == " " else block[cut + 6 :]
+                    data = None
+                else:
+                    name = block[6:cut]
+                    if name[:1] == " ":
+                        name = name[1:]
+                    data = block[cut + 7 :] if block[cut + 6 : cut + 7] == " " else block[cut + 6 :]
             else:
-                self._lines_of(block + "\n\n", out)
-                continue
-            try:
-                value = decode(data)
-            except (ValueError, RecursionError):
+                data = None
+            if data is not None:
                 try:
-                    if not typed:
-                        raise
-                    value = _decode(data)
+                    value = decode(data)
                 except (ValueError, RecursionError):
-                    self._lines_of(block + "\n\n", out)  # [DONE], a keep-alive, or malformed: as ever
+                    try:
+                        if not typed:
+                            raise
+                        value = _decode(data)
+                    except (ValueError, RecursionError):
+                        data = None  # [DONE], a keep-alive, or malformed: as ever, below
+                if data is not None:
+                    if name != "error" and not done:  # what _emit does with any other event
+                        read += 1
+                        events(value if bare else _event(Event, (name, value)))  # no Event.__new__ in Python
+                        continue
+                    self._events += read
+                    read = 0
+                    self._emit(name, value, out)
                     continue
-            if name != "error" and not self.done:  # what _emit does with any other event
-                self._events += 1
-                events(_event(Event, (name, value)))  # Event(name, value), without its Python __new__
-            else:
-                self._emit(name, value, out)
+            self._events += read
+            read = 0
+            self._lines_of(block + "\n\n", out)
+            done = self.done
+        self._events += read
         if tail:
             self._lines_of(tail, out)
 
@@ -385,7 +409,7 @@ class StreamDecoder:
         if name == "error" and isinstance(value, dict) and "error" not in value and "type" not in value:
             value = {"error": value}  # `event: error` with the error object as data
         self._events += 1
-        out.append(Event(name, value))
+        out.append(value if self._bare else Event(name, value))
 
     # -- SSE --------------------------------------------------------------------------
 
@@ -523,7 +547,7 @@ class StreamDecoder:
                     self._bad(f"line {self._line_no}: {_why(e)}: {_snippet(line)}")
                 continue
             self._events += 1
-            out.append(Event(None, value))
+            out.append(value if self._bare else Event(None, value))
 
     def _doc_line(self, line: str, out: list[Event]) -> None:
         doc = self._doc
@@ -540,7 +564,7 @@ class StreamDecoder:
                     self._doc, self._doc_len = None, 0
                     self._bad(f"line {self._doc_start}: a JSON document left unfinished: {_snippet(doc[0])}")
                     self._events += 1
-                    out.append(Event(None, value))
+                    out.append(value if self._bare else Event(None, value))
                     return
         self._doc_len += len(line) + 1
         if self._doc_len > self.max_event_bytes:
@@ -564,4 +588,4 @@ class StreamDecoder:
             self._bad(f"lines {self._doc_start}-{self._line_no}: {_why(e)}: {_snippet(text)}")
             return
         self._events += 1
-        out.append(Event(None, value))
+        out.append(value if self._bare else Event(None, value))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypedDict
 
 from .errors import NoLogprobsError, StreamFormatError, TooManyChoicesError
 from .formats import FAST_PARSERS, FORMATS, TYPED_DECODERS, Parsed, detect_format, error_message
-from .sse import MAX_EVENT_BYTES, Event, StreamDecoder
+from .sse import MAX_EVENT_BYTES, StreamDecoder
 from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
 from .tokens import SKIPPED, Token
 from .triggers import Armed, Escalation, Trigger, TriggerEvent, min_tokens, ppl_above
@@ -337,12 +337,12 @@ class StreamState:
         self._finished = True
         if self._decoder is not None:
             try:
-                events = self._decoder.close()
+                events = [event.data for event in self._decoder.close()]
             except StreamFormatError as e:
                 self.truncated = True
                 self.fail(str(e))
                 return
-            self._handle_events(events)
+            self._handle_values(events)
         if self.error is not None:
             return
         if self.format is None:
@@ -383,41 +383,57 @@ class StreamState:
         if self._decoder is None:
             self._decoder = StreamDecoder(self.options.max_event_bytes)
         try:
-            events = self._decoder.feed(data)
+            values = self._decoder.feed_values(data)
         except StreamFormatError as e:
             self.fail(str(e))
             raise
         if not self.triggers and not self._token_hooks and self.format is not None:
-            return self._handle_batch(events)
-        if len(events) == 1 and type(events[0].data) is not list:
-            return self._handle_object(events[0].data)
-        return self._handle_events(events)
+            return self._handle_batch(values)
+        if len(values) == 1 and type(values[0]) is not list:
+            return self._handle_object(values[0])
+        return self._handle_values(values)
 
-    def _handle_events(self, events: list[Event]) -> list[Token]:
+    def _handle_values(self, values: list[Any]) -> list[Token]:
         tokens: list[Token] = []
-        for event in events:
+        for value in values:
             # A top-level JSON array is a sequence of chunks (Gemini's alt=json answer).
-            for data in event.data if type(event.data) is list else (event.data,):
+            for data in value if type(value) is list else (value,):
                 if self.stopped is not None:
                     return tokens
                 tokens += self._handle_object(data)
         return tokens
 
-    def _handle_batch(self, events: list[Event]) -> list[Token]:
+    def _handle_batch(self, values: list[Any]) -> list[Token]:
         """The events of one read when nothing watches tokens one by one (no trigger, no
         hook): each chunk is read as :meth:`_handle_object` reads it, and its tokens are
         counted at the end of the read, each choice's in one :meth:`ChoiceStats.update_many`
         (the same arithmetic, token by token) and its text joined once. Nothing is ever left
         uncounted: a new choice (which may fail) first counts what came before it."""
         batch: list[Token] = []
+        fast = self._fast
+        choices = self.choices
         try:
-            for event in events:
-                data = event.data
-                if type(data) is list:
-                    for item in data:
-                        self._handle_object(item, batch)
-                else:
-                    self._handle_object(data, batch)
+            for data in values:
+                if fast is not None and type(data) is not list:
+                    # _handle_object's fast path, inline: this runs for every chunk of a raw stream
+                    read = fast(data)
+                    if read is not None:
+                        self.chunks += 1
+                        tokens, ended = read
+                        if len(tokens) == 1 and tokens[0].choice in choices:
+                            batch.append(tokens[0])
+                        else:
+                            for token in tokens:
+                                if token.choice not in choices:
+                                    self._count(batch)  # what came before is counted, whatever happens next
+                                    batch.clear()
+                                    self._new_choice(token.choice)
+                                batch.append(token)
+                        if ended:
+                            self.ended.update(ended)
+                        continue
+                for item in data if type(data) is list else (data,):
+                    self._handle_object(item, batch)
         finally:
             self._count(batch)
         return batch

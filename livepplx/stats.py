@@ -402,11 +402,12 @@ class ChoiceStats:
         self._alts = alts
         k = self.topk_positions + 1
         self.topk_positions = k
-        total = p_log_p = 0.0
+        total = p_log_p = listed = 0.0
         for a in alts:
             p = _exp(a)
             total += p
             p_log_p += p * a
+            listed += a  # the confidence's sum, here: cheaper than a call to sum()
         h = _log(total) - p_log_p / total if total > 0.0 else _nan  # NaN: all below -745, nothing to renormalise
         self.entropy = h
         if h == h:
@@ -416,7 +417,7 @@ class ChoiceStats:
             # Entropies are >= 0 (up to a rounding), so the sum is the larger magnitude unless h is.
             self._hcomp += (s - t) + h if s >= h else (h - t) + s
             self._hsum = t
-        x = -sum(alts) / len(alts)
+        x = -listed / len(alts)
         self.confidence = x
         s = self._gsum
         t = s + x
@@ -488,11 +489,12 @@ class ChoiceStats:
                 continue
             alts_last = alts
             k += 1
-            total = p_log_p = 0.0
+            total = p_log_p = listed = 0.0
             for a in alts:
                 p = _exp(a)
                 total += p
                 p_log_p += p * a
+                listed += a
             h = _log(total) - p_log_p / total if total > 0.0 else _nan
             h_last = h
             if h == h:
@@ -500,7 +502,7 @@ class ChoiceStats:
                 s = hsum
                 hsum = s + h
                 hcomp += (s - hsum) + h if s >= h else (h - hsum) + s
-            x = -sum(alts) / len(alts)
+            x = -listed / len(alts)
             conf_last = x
             s = gsum
             gsum = s + x
