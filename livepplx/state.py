@@ -343,6 +343,9 @@ class StreamState:
                 self.fail(str(e))
                 return
             self._handle_values(events)
+        for pieces in self._texts.values():
+            if len(pieces) > 1:
+                self._collapse(pieces)  # the text as one string: what a stream holds after it, whatever its length
         if self.error is not None:
             return
         if self.format is None:

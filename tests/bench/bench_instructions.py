@@ -30,6 +30,7 @@ LAYERS = {
 
 # One run of one layer: python bench_instructions.py --run LAYER N
 RUNNER = '''
+import gc
 import sys
 sys.path.insert(0, {bench!r})
 import bench_monitor as b
@@ -41,6 +42,10 @@ from livepplx.stats import ChoiceStats
 layer, n = sys.argv[1], int(sys.argv[2])
 client = b.client_for(b.replayed_sse(n))
 stats, state = ChoiceStats(), StreamState()
+# What the imports made is not the streams' garbage: a full collection of it, which one run
+# meets and another does not, would add ~30k "instructions a chunk" at random.
+gc.collect()
+gc.freeze()
 
 def parse_and_stats(chunk):
     for token in parse_openai_chat(chunk).tokens:
