@@ -60,7 +60,7 @@ class Status(IntEnum):
 OK, CENSORED, SKIPPED = Status.OK, Status.CENSORED, Status.SKIPPED
 
 
-class Token(msgspec.Struct, gc=False):
+class Token(msgspec.Struct, gc=False, eq=False):
     """One generated token of one choice.
 
     Attributes:
@@ -72,7 +72,8 @@ class Token(msgspec.Struct, gc=False):
 
     A struct made in C (msgspec): one is made for every token, at a third of the
     instructions of a Python class's ``__init__``; never tracked by the garbage
-    collector (it holds no container of objects of its own making).
+    collector (it holds no container of objects of its own making). Compared and hashed
+    by identity, as a plain class is.
     """
 
     choice: int
@@ -166,7 +167,7 @@ def float_token(choice: int, text: str, raw: float | None, alternatives: Sequenc
     """:func:`make_token` for values known to be floats or None (a typed decoder's): the
     same policy, with the checks that only other types need left out.
 
-    >>> float_token(0, "a", -0.5, [-0.5, -1.5]) == make_token(0, "a", -0.5, [-0.5, -1.5])
+    >>> repr(float_token(0, "a", -9999.0, [-0.5, -1.5])) == repr(make_token(0, "a", -9999.0, [-0.5, -1.5]))
     True
     """
     if alternatives:
