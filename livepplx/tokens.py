@@ -34,11 +34,11 @@ from __future__ import annotations
 import math
 from numbers import Real as _Real
 from enum import IntEnum
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import msgspec
 
-__all__ = ["CENSORED_AT_OR_BELOW", "UNLISTED_FLOOR", "Status", "Token", "make_token", "float_token", "as_logprob"]
+__all__ = ["CENSORED_AT_OR_BELOW", "UNLISTED_FLOOR", "Status", "Token", "make_token", "as_logprob"]
 
 #: A logprob at or below this is a placeholder, not a value (OpenAI and vLLM use -9999.0).
 CENSORED_AT_OR_BELOW = -9999.0
@@ -162,20 +162,3 @@ def make_token(
         return Token(choice, text, min(alts) if alts else UNLISTED_FLOOR, CENSORED, alts)
     return Token(choice, text, value, OK, alts)
 
-
-def float_token(choice: int, text: str, raw: float | None, alternatives: Sequence[float]) -> Token:
-    """:func:`make_token` for values known to be floats or None (a typed decoder's): the
-    same policy, with the checks that only other types need left out.
-
-    >>> repr(float_token(0, "a", -9999.0, [-0.5, -1.5])) == repr(make_token(0, "a", -9999.0, [-0.5, -1.5]))
-    True
-    """
-    if alternatives:
-        alts = tuple(alternatives)
-        if not (min(alts) > CENSORED_AT_OR_BELOW and max(alts) <= 0.0):
-            alts = _clean_alternatives(alts, False)
-    else:
-        alts = ()
-    if raw is not None and CENSORED_AT_OR_BELOW < raw <= 0.0:
-        return Token(choice, text, raw, OK, alts)
-    return make_token(choice, text, raw, alts)

@@ -184,3 +184,8 @@ def test_raw_bytes_read_in_batches_read_as_the_chunks_one_by_one(split: int) -> 
     dicts.finish()
     assert repr(raw.summary()) == repr(dicts.summary())
     assert raw.text(0) == dicts.text(0) and len(raw.text(0)) == 50
+
+
+def test_a_token_is_hashed_and_compared_by_identity_as_before() -> None:
+    a, b = make_token(0, "x", -0.5, [-0.5]), make_token(0, "x", -0.5, [-0.5])
+    assert a == a and a != b and len({a, b}) == 2
