@@ -3,7 +3,9 @@
 For each monitored generation, :class:`OtelRecorder` records a span (or enriches the
 current one) with the final statistics as ``livepplx.*`` attributes beside the standard
 ``gen_ai.*`` request attributes, adds a span event each time a trigger fires or the stream
-is stopped or escalated, and feeds metrics: histograms of the final perplexity and of the
+is stopped or escalated, ends it with the GenAI semantic conventions' ``gen_ai.evaluation.result``
+event (``gen_ai.evaluation.name`` ``livepplx.perplexity``, ``gen_ai.evaluation.score.value`` the
+final perplexity), and feeds metrics: histograms of the final perplexity and of the
 tokens saved by early stops, counters of stops and escalations, labelled by model and
 trigger.
 
@@ -48,10 +50,14 @@ _NAME = "livepplx"
 #: The final statistics written as span attributes (livepplx.<name>).
 _STATS = ("tokens", "ppl", "mean_logprob", "min_logprob", "min_prob", "max_surprisal", "surprisal_var", "window_ppl",
           "moving_ppl", "entropy_mean", "lowest_group_confidence", "censored", "skipped")
-#: gen_ai.request.* attributes, from the request livepplx.stream() opened.
+#: gen_ai.request.* attributes, from the request livepplx.stream() opened: only those the GenAI
+#: semantic conventions define (they have none for top_logprobs, so it is not sent).
 _REQUEST = {"model": "gen_ai.request.model", "max_tokens": "gen_ai.request.max_tokens",
             "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
-            "top_logprobs": "gen_ai.request.top_logprobs", "seed": "gen_ai.request.seed"}
+            "seed": "gen_ai.request.seed"}
+#: The GenAI conventions' evaluation event, whose score is the final running perplexity.
+EVALUATION_EVENT = "gen_ai.evaluation.result"
+EVALUATION_NAME = "livepplx.perplexity"
 
 
 @dataclass
@@ -202,12 +208,20 @@ class OtelRecorder(Listener):
         if state.error:
             attributes["livepplx.error"] = state.error
         span.set_attributes(attributes)
+        ppl = _attribute(getattr(first, "ppl", None))
+        if ppl is not None:
+            # The conventions have no attribute for perplexity: their evaluation event carries it,
+            # beside the livepplx.* attributes, so GenAI-aware backends show it as a score.
+            span.add_event(EVALUATION_EVENT, {"gen_ai.evaluation.name": EVALUATION_NAME,
+                                              "gen_ai.evaluation.score.value": ppl,
+                                              "gen_ai.evaluation.explanation":
+                                                  f"running perplexity over {first.tokens if first else 0} tokens"
+                                                  + (" (stopped early)" if state.stopped is not None else "")})
         if state.error and ours:
             span.set_status(trace.Status(trace.StatusCode.ERROR, state.error))
         if ours:
             span.end()
         labels = self._labels(state)
-        ppl = _attribute(getattr(first, "ppl", None))
         if ppl is not None:
             self.ppl_histogram.record(ppl, labels)
         max_tokens = state.request.get("max_tokens") or state.request.get("max_completion_tokens")

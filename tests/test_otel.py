@@ -70,8 +70,13 @@ def test_a_stopped_generation_is_a_span_with_events_and_metrics(otel: Any) -> No
     assert a["livepplx.tokens"] == s.tokens == 12 and a["livepplx.ppl"] == pytest.approx(s.ppl)
     assert a["livepplx.stopped"] is True and a["livepplx.stop.reason"] == "lost" and a["livepplx.stop.at_token"] == 12
     assert a["livepplx.format"] == "openai-chat" and a["livepplx.censored"] == 0
-    assert [e.name for e in span.events] == ["livepplx.trigger", "livepplx.escalate", "livepplx.stop"]
+    assert [e.name for e in span.events] == ["livepplx.trigger", "livepplx.escalate", "livepplx.stop",
+                                             "gen_ai.evaluation.result"]
     assert span.events[0].attributes["livepplx.at_token"] == 12
+    evaluation = span.events[-1].attributes
+    assert evaluation["gen_ai.evaluation.name"] == "livepplx.perplexity"
+    assert evaluation["gen_ai.evaluation.score.value"] == pytest.approx(s.ppl)
+    assert evaluation["gen_ai.evaluation.explanation"] == "running perplexity over 12 tokens (stopped early)"
     points = metric_points(reader)
     (ppl,) = points["livepplx.generation.ppl"]
     assert ppl.count == 1 and ppl.sum == pytest.approx(s.ppl) and ppl.attributes == {"gen_ai.request.model": "gemma"}
@@ -216,3 +221,22 @@ def test_an_infinite_perplexity_is_left_out_not_written_as_a_string(otel: Any, c
     (span,) = spans.get_finished_spans()
     assert "livepplx.ppl" not in span.attributes and span.attributes["livepplx.mean_logprob"] == -1000.0
     assert span.attributes["livepplx.tokens"] == 1 and "livepplx.generation.ppl" not in metric_points(reader)
+
+
+def test_only_the_conventions_request_attributes_and_no_score_without_tokens(otel: Any) -> None:
+    """gen_ai.request.top_logprobs is not in the GenAI conventions: it is not sent, though the
+    request asked for them; a stream with no token has no evaluation event (no NaN score)."""
+    recorder, spans, _, _ = otel
+    sync, _ = openai_clients(lambda request: sse_response(CountingBody(climbing(20))))
+    with livepplx.stream(sync, model="gemma", messages=[{"role": "user", "content": "hi"}], top_logprobs=3,
+                         seed=7, listeners=[recorder]) as s:
+        for _ in s:
+            pass
+    state = livepplx.StreamState(listeners=[recorder])
+    state.end()
+    first, empty = spans.get_finished_spans()
+    assert first.attributes["gen_ai.request.seed"] == 7 and s.tokens == 20
+    assert not [key for span in (first, empty) for key in span.attributes if "logprobs" in key]
+    assert [e.name for e in first.events] == ["gen_ai.evaluation.result"]
+    assert first.events[0].attributes["gen_ai.evaluation.explanation"] == "running perplexity over 20 tokens"
+    assert [e.name for e in empty.events] == []
