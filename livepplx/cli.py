@@ -832,6 +832,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--local", action="store_true", required=True, help="the embedded model (the only one served)")
     serve.add_argument("--port", type=_number(int, 1, 65535), default=8080, help="the port (default 8080)")
     serve.set_defaults(run=_serve)
+
+    from .vote_cli import add_parser as add_vote  # DeepConf's command lives in its own module
+
+    add_vote(sub, _sub)
     return parser
 
 
