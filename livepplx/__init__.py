@@ -43,6 +43,10 @@ from .triggers import (
 
 __all__ = [
     "AsyncCarRouter",
+    "AsyncDeepConfVoter",
+    "DeepConfVoter",
+    "DeepConfPlan",
+    "VoteResult",
     "AsyncMonitoredStream",
     "CarCalibration",
     "CarPlan",
@@ -109,6 +113,10 @@ _LAZY = {
     "watch": "gauge",
     "Gauge": "gauge",
     "CarRouter": "car",
+    "DeepConfVoter": "deepconf",
+    "AsyncDeepConfVoter": "deepconf",
+    "DeepConfPlan": "deepconf",
+    "VoteResult": "deepconf",
     "AsyncCarRouter": "car",
     "CarPlan": "car",
     "CarResult": "car",
