@@ -102,20 +102,21 @@ def _listed(tops: Any, key: str, prob: bool) -> list[str | None]:
     for top in tops:
         value = as_logprob(_get(top, key), prob)
         if value is not None and value > CENSORED_AT_OR_BELOW:
-            text = _get(top, "token")
-            if not isinstance(text, str):
-                text = _get(top, "tok_str")
-            texts.append(text if isinstance(text, str) else None)
+            text = next((t for t in (_get(top, n) for n in ("token", "tok_str", "text")) if isinstance(t, str)), None)
+            texts.append(text)
     return texts
 
 
 def _entry_texts(entries: Any) -> list[list[str | None]]:
     """``{token, logprob, top_logprobs: [{token, logprob}]}`` entries (chat, Responses,
-    Ollama, llama.cpp's native ``top_logprobs`` or ``top_probs``)."""
+    Ollama, llama.cpp's native ``top_logprobs``, ``top_probs`` or older ``probs``)."""
     out: list[list[str | None]] = []
     for e in entries if isinstance(entries, (list, tuple)) else ():
-        tops = _get(e, "top_logprobs")
-        out.append(_listed(tops, "logprob", False) if tops is not None else _listed(_get(e, "top_probs"), "prob", True))
+        if _get(e, "top_logprobs") is not None:
+            out.append(_listed(_get(e, "top_logprobs"), "logprob", False))
+        else:
+            out.append(_listed(_get(e, "top_probs") if _get(e, "top_probs") is not None else _get(e, "probs"),
+                               "prob", True))
     return out
 
 
@@ -146,6 +147,21 @@ def alternative_texts(chunk: Any, fmt: str) -> list[list[str | None]] | None:
         return _entry_texts(_get(chunk, "completion_probabilities"))
     if fmt in ("ollama", "openai-responses"):
         return _entry_texts(_get(chunk, "logprobs"))
+    if fmt == "tgi":
+        if _get(chunk, "token") is not None:
+            return [_listed(_get(chunk, "top_tokens"), "logprob", False)]
+        details = _get(chunk, "details")
+        tops = _get(details, "top_tokens") or ()
+        return [_listed(tops[j] if j < len(tops) else (), "logprob", False)
+                for j in range(len(_get(details, "tokens") or ()))]
+    if fmt == "gemini":
+        out = []
+        for candidate in _get(chunk, "candidates") or ():
+            result = _get(candidate, "logprobsResult")
+            tops = _get(result, "topCandidates") or ()
+            for j in range(len(_get(result, "chosenCandidates") or ())):
+                out.append(_listed(_get(tops[j], "candidates") if j < len(tops) else (), "logProbability", False))
+        return out
     return None
 
 

@@ -34,7 +34,7 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.whic
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-         "--window-size=1100,900", "--remote-debugging-port=0"]
+         "--disable-dev-shm-usage", "--window-size=1100,900", "--remote-debugging-port=0"]
 
 
 def skip_reason() -> str | None:

@@ -25,6 +25,7 @@ from livepplx.heatmap import TokenRecorder, render, replay_page
 from livepplx.recordings import recording_path
 from livepplx.state import StreamState
 from livepplx.textsafe import safe_text
+from livepplx.tokens import make_token
 from livepplx.triggers import Trigger, min_tokens, ppl_above, window_ppl_above
 from test_cli_chat import chat, server  # noqa: F401 - the recorded server, as a fixture
 
@@ -287,3 +288,20 @@ def test_every_shipped_recording_has_its_page() -> None:
     for path in EVERY_RECORDING:
         tokens = Page(replay_page(path.read_bytes())).data()["choices"]["0"]["tokens"]
         assert tokens and all(t["lp"] is None or math.isfinite(t["lp"]) for t in tokens)
+
+
+@pytest.mark.parametrize("name", ["gemini-stream.sse", "llamacpp-old-stream.sse", "ollama-chat-stream.ndjson",
+                                  "responses-stream.sse", "tgi-stream.sse", "vllm-chat-legacy-stream.sse"])
+def test_every_format_that_names_its_alternatives_has_them_named(name: str) -> None:
+    data = (Path(__file__).parent / "fixtures" / name).read_bytes()
+    tokens = [t for c in Page(replay_page(data)).data()["choices"].values() for t in c["tokens"]]
+    alternatives = [a for t in tokens for a in t["a"]]
+    assert alternatives and all(isinstance(text, str) for text, _ in alternatives)
+
+
+def test_alternatives_of_an_unknown_shape_are_shown_by_value() -> None:
+    # A chunk whose entries are not the shape the names are read from: the values stay, unnamed.
+    recorder = TokenRecorder()
+    recorder._add(make_token(0, "x", -1.0, [-0.5, -1.0]), None)
+    (token,) = Page(render(recorder)).data()["choices"]["0"]["tokens"]
+    assert token["a"] == [[None, -0.5], [None, -1.0]] and token["r"] == 2
