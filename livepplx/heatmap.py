@@ -439,6 +439,7 @@ def _chart(index: int, tokens: list[_Kept], levels: list[dict[str, Any]], fired:
         return ""
     width, height, left, right, top, bottom = 960, 220, 52, 16, 14, 30
     n = max(points[-1][0], 2)
+    levels = [lv for lv in levels if math.isfinite(lv["level"]) and lv["level"] > 0]  # a level of inf: not drawn
     values = [v for _, a, b in points for v in (a, b) if math.isfinite(v)] + [lv["level"] for lv in levels]
     low, high = max(1.0, min(values)), max(max(values), 2.0)
     ylo, yhi = math.log(low), math.log(high * 1.15)
@@ -498,7 +499,9 @@ def _stats_table(stats: dict[str, Any]) -> str:
     rows = []
     for key, label, digits in _STAT_ROWS:
         value = stats.get(key)
-        shown = str(value) if digits == 0 else _num(value if not isinstance(value, str) else math.inf, digits)
+        if isinstance(value, str):  # json_number's "inf" and "-inf"
+            value = float(value) if value in ("inf", "-inf") else math.nan
+        shown = str(value) if digits == 0 else _num(value, digits)
         rows.append(f"<tr><th>{label}</th><td>{html.escape(shown)}</td></tr>")
     return '<table class="stats">' + "".join(rows) + "</table>"
 

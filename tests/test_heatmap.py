@@ -202,11 +202,14 @@ HOSTILE = ["</script><script>alert(1)</script>", "<!--", "<script>", "]]>", "</s
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(st.text(min_size=0, max_size=12), st.sampled_from(HOSTILE)), min_size=1, max_size=8),
-       st.text(max_size=20))
-def test_any_token_text_stays_data(texts: list[str], trigger_name: str) -> None:
-    events = [chat_event(t, -0.5 - i, tops=[(t, -0.5 - i), (t[::-1] + "<", -3.0)]) for i, t in enumerate(texts)]
-    events.append(chat_event("", -0.1, finish="stop"))
-    rule = Trigger(ppl_above(1.5), name=trigger_name or "t")
+       st.text(max_size=20),
+       st.lists(st.one_of(st.floats(-1e6, 0.0), st.sampled_from([-9999.0, -800.0, None, 0.0])), min_size=8, max_size=8),
+       st.floats(-10.0, 1e300) | st.just(math.inf))
+def test_any_token_text_stays_data(texts: list[str], trigger_name: str, logprobs: list[float | None],
+                                   level: float) -> None:
+    events = [chat_event(t, logprobs[i], tops=[(t, -0.5 - i), (t[::-1] + "<", -3.0)]) for i, t in enumerate(texts)]
+    events.append(chat_event("", -0.1, finish="stop"))  # a token with a logprob, whatever came before
+    rule = Trigger(ppl_above(level) | window_ppl_above(1.5), name=trigger_name or "t")
     html = replay_page(sse(*events), title=trigger_name, triggers=[rule])
     html.encode("utf-8")  # no lone surrogate left: the file can be written
     page = Page(html)
@@ -216,6 +219,8 @@ def test_any_token_text_stays_data(texts: list[str], trigger_name: str) -> None:
     assert page.tokens == [safe_text(t) for t in texts] + [""]
     data = page.data()["choices"]["0"]["tokens"]
     assert [t["t"] for t in data[:-1]] == [safe_text(t) for t in texts]
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):  # no coordinate left undefined
+        assert not re.search(r"\b(nan|inf)\b", re.sub(r"<title>.*?</title>|<text[^>]*>.*?</text>", "", svg, flags=re.S))
     raw_data = page.scripts[0][1]
     assert "<" not in raw_data and not re.search(r"[^\x20-\x7e]", raw_data)  # ASCII, no markup, no U+2028
     assert heatmap._JS.strip() == page.scripts[1][1].strip()
