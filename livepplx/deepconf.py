@@ -296,6 +296,12 @@ def _fraction(name: str, value: Any, low: float, high: float, what: str) -> floa
     return float(value)
 
 
+#: Request parameters the plan sets itself, and where to set them instead.
+_OWNED = {"model": "model=", "prompt": "the question", "messages": "the question", "n": "n=",
+          "max_tokens": "max_tokens=", "logprobs": "top_logprobs=", "top_logprobs": "top_logprobs=",
+          "stream": "always True"}
+
+
 @dataclass(frozen=True)
 class DeepConfPlan:
     """The requests DeepConf makes and the rules that judge them; no I/O.
@@ -380,6 +386,10 @@ class DeepConfPlan:
             _fraction("idle_timeout", self.idle_timeout, 0.0, math.inf, "a positive number of seconds")
         if not isinstance(self.params, dict):
             raise TypeError(f"params must be a dict of request parameters, got {type(self.params).__name__}")
+        owned = sorted(_OWNED.keys() & self.params.keys())
+        if owned:
+            raise ValueError(f"params may not set {', '.join(owned)}: the plan does "
+                             f"({', '.join(_OWNED[k] for k in owned)})")
 
     @property
     def extractor(self) -> Extractor:
@@ -710,13 +720,13 @@ class DeepConfRun:
         traces = tuple(sorted(self._traces(), key=lambda t: t.index))
         voters = self._voters()
         answer, weights = weighted_vote([t.answer or "" for t in voters], [t.confidence or 0.0 for t in voters])
-        finished = [t for t in traces if not t.stopped and t.error is None]
-        mean = sum(t.tokens for t in finished) / len(finished) if finished else None
+        finished = {t.index: t.tokens for t in traces if not t.stopped and t.error is None}
         full = None
-        if mean is not None:
+        if finished:  # each trace not run to its end, or not run, counted at the finished ones' mean
             planned = self.plan.warmup + self.plan.traces
-            est = min(self.plan.max_tokens, round(mean))
-            full = sum(t.tokens if t in finished else max(t.tokens, est) for t in traces) + est * (planned - len(traces))
+            est = min(self.plan.max_tokens, round(sum(finished.values()) / len(finished)))
+            full = (sum(finished.get(t.index, max(t.tokens, est)) for t in traces)
+                    + est * (planned - len(traces)))
         after = 0
         for request in self._requests:
             if request.watch.n > 1 and request.stream is not None:

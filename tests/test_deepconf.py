@@ -342,6 +342,7 @@ def test_extractors() -> None:
     ({"concurrency": 0}, "concurrency must be a whole number from 1"),
     ({"threshold": math.nan}, "threshold must be a finite number"),
     ({"n": True}, "n must be a whole number"),
+    ({"params": {"n": 4, "logprobs": False}}, r"params may not set logprobs, n: the plan does \(top_logprobs=, n=\)"),
 ])
 def test_bad_options_are_refused_when_the_plan_is_made(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
