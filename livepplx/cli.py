@@ -882,7 +882,8 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = _sub(sub, "replay", "read a captured stream (SSE or NDJSON, any server's format) and report",
                   "  livepplx replay answer.sse\n  livepplx replay answer.sse --json --stop-above 20\n"
-                  "  livepplx replay answer.sse --speed 30\n  curl -N ... | livepplx replay -")
+                  "  livepplx replay answer.sse --speed 30\n  curl -N ... | livepplx replay -\n"
+                  "  livepplx replay answer.sse --html answer.html   # a page to share: tokens coloured, alternatives")
     replay.add_argument("path", metavar="PATH", help="the captured stream; - reads stdin")
     replay.add_argument("--speed", type=_speed, metavar="TOKENS_PER_S",
                         help=f"replay at this pace, {MIN_SPEED:g} to {MAX_SPEED:,} (default: as fast as it comes)")
@@ -907,7 +908,8 @@ def _parser() -> argparse.ArgumentParser:
 
     calibrate = _sub(sub, "calibrate", "fit CAR's escalation rule and thresholds from labelled answers (JSON lines)",
                      "  livepplx calibrate labelled.jsonl --out car.json     # lines like {\"ppl\": 1.8, \"correct\": true}\n"
-                     "  livepplx calibrate runs.jsonl --score window_ppl --label ok --json")
+                     "  livepplx calibrate runs.jsonl --score window_ppl --label ok --json\n"
+                     "  livepplx calibrate labelled.jsonl --plot calibration.png   # pip install 'livepplx[plot]'")
     calibrate.add_argument("path", metavar="FILE", help="JSON lines, one labelled answer each; - reads stdin")
     calibrate.add_argument("--score", default="ppl", help="the field holding the score (default ppl)")
     calibrate.add_argument("--label", default="correct", help="the field holding true/false (default correct)")

@@ -43,7 +43,7 @@ from .triggers import AllOf, AnyOf, Condition, ppl_above, sustained, window_ppl_
 if TYPE_CHECKING:
     from .state import StreamState
 
-__all__ = ["TokenRecorder", "render", "replay_page", "surprisal_colour", "MAX_TOKENS"]
+__all__ = ["TokenRecorder", "render", "replay_page", "alternative_texts", "surprisal_colour", "MAX_TOKENS"]
 
 #: Tokens a choice keeps for its page; past it the page says how many it left out (a
 #: page of 100,000 coloured spans is already a heavy one for a browser).
