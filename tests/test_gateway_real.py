@@ -1,0 +1,151 @@
+"""The gateway end to end: a real LiteLLM proxy process with examples/litellm_proxy/config.yaml
+in front of upstream llama-server (Gemma 3 270M, one slot: -np 1), on 127.0.0.1.
+
+    pytest -m real_server tests/test_gateway_real.py
+
+One proxy and one llama-server for the module (the proxy takes 6-15 s to answer its health check).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+pytest.importorskip("litellm.proxy", reason="pip install -e '.[gateway]' for the gateway tests")
+pytest.importorskip("prometheus_client", reason="pip install -e '.[gateway]' for the gateway tests")
+
+import httpx  # noqa: E402
+import openai  # noqa: E402
+
+from load.proxy import Proxy, litellm_command, start_proxy  # noqa: E402
+from servers import Server, start  # noqa: E402
+
+pytestmark = pytest.mark.real_server
+
+CONFIG = Path(__file__).resolve().parents[1] / "examples" / "litellm_proxy" / "config.yaml"
+MESSAGES = [{"role": "user", "content": "Name three fruits."}]
+COUNT = [{"role": "user", "content": "Count from 1 to 2000."}]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from start("llama-server", tmp_path_factory.mktemp("gateway-upstream"))
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    if litellm_command() is None:
+        pytest.skip("no litellm command: pip install -e '.[gateway]'")
+    log = tmp_path_factory.mktemp("gateway-proxy") / "proxy.log"
+    with start_proxy(CONFIG, log, env={"UPSTREAM_BASE_URL": upstream.base_url}) as p:
+        yield p
+
+
+def through(proxy: Proxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, timeout=120, max_retries=0)
+
+
+def metrics(proxy: Proxy) -> dict[str, float]:
+    with urllib.request.urlopen(proxy.metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^(livepplx_\w+(?:\{[^}]*\})?) (\S+)$", line)
+        if match:
+            out[match.group(1)] = float(match.group(2))
+    return out
+
+
+def raw_stream(proxy: Proxy, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The client's SSE events, parsed as they came (the [DONE] included as the string)."""
+    events: list[Any] = []
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json={"stream": True, **body}, timeout=120,
+                      headers={"Authorization": f"Bearer {proxy.key}", **(headers or {})}) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append("[DONE]" if line == "data: [DONE]" else json.loads(line[6:]))
+    return events
+
+
+def test_live_ppl_through_the_gateway_equals_the_servers_own_answer_and_the_client_gets_no_logprobs(
+        proxy: Proxy, upstream: Server) -> None:
+    direct = openai.OpenAI(base_url=upstream.base_url, api_key="none", timeout=120)
+    common: dict[str, Any] = {"max_tokens": 24, "temperature": 0, "seed": 1, "messages": MESSAGES}
+    answer = direct.chat.completions.create(model="gemma", logprobs=True, top_logprobs=5, **common)
+    values = [e.logprob for e in answer.choices[0].logprobs.content]  # type: ignore[union-attr]
+    reference = math.exp(-math.fsum(values) / len(values))
+    before = metrics(proxy)
+    watched_only = {"metadata": {"livepplx": {"stop_above": None, "window_ppl_above": None}}}  # no stop: whole answers
+    events = raw_stream(proxy, {"model": "local", **common, **watched_only})
+    after = metrics(proxy)
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] in ("length", "stop")
+    assert not [e for e in events[:-1] if "logprobs" in json.dumps(e)]  # none asked, none given
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"])
+    assert text == answer.choices[0].message.content
+    key = 'livepplx_generation_ppl_sum{model="local"}'
+    live = after[key] - before.get(key, 0.0)
+    assert math.isclose(live, reference, rel_tol=1e-6), (live, reference)
+    tokens = 'livepplx_generation_tokens_total{model="local"}'
+    assert after[tokens] - before.get(tokens, 0.0) == len(values)
+    # A client that asks gets them, as the server sent them.
+    asked = raw_stream(proxy, {"model": "local", "logprobs": True, "top_logprobs": 2, **common, **watched_only})
+    entries = [e["choices"][0]["logprobs"]["content"][0] for e in asked[:-1]
+               if e["choices"] and e["choices"][0].get("logprobs")]
+    assert [e["logprob"] for e in entries] == pytest.approx(values, rel=1e-6)
+    assert all(len(e["top_logprobs"]) == 2 for e in entries)
+
+
+def test_a_per_request_stop_closes_the_upstream_so_the_next_request_is_not_queued(proxy: Proxy,
+                                                                                upstream: Server) -> None:
+    """llama-server has one slot: had the stopped generation gone on upstream, the next request
+    would wait behind its remaining ~990 tokens."""
+    client = through(proxy)
+    t = time.monotonic()
+    full = client.chat.completions.create(model="local", messages=COUNT, max_tokens=400, temperature=0,
+                                          extra_body={"ignore_eos": True, "metadata": {"livepplx": {"enabled": False}}})
+    full_seconds = time.monotonic() - t
+    assert full.usage is not None and full.usage.completion_tokens == 400
+    before = metrics(proxy)
+    t = time.monotonic()
+    events = raw_stream(proxy, {"model": "local", "messages": COUNT, "max_tokens": 1000, "temperature": 0,
+                                "ignore_eos": True}, headers={"x-livepplx-stop-above": "1.0001",
+                                                              "x-livepplx-min-tokens": "10"})
+    stopped_seconds = time.monotonic() - t
+    final = events[-2]
+    assert events[-1] == "[DONE]" and final["choices"][0]["finish_reason"] == "length"
+    assert final["livepplx"]["stopped"] == "stop_above" and final["livepplx"]["at_token"] == 10
+    t = time.monotonic()
+    follow = client.chat.completions.create(model="local", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                            temperature=0)
+    follow_seconds = time.monotonic() - t
+    assert follow.choices[0].message.content is not None
+    per_token = full_seconds / 400
+    print(f"\ngateway + llama-server: 400 tokens in {full_seconds:.2f} s; stopped at token 10 after "
+          f"{stopped_seconds:.2f} s; the next request took {follow_seconds:.3f} s (the rest of a 1,000-token "
+          f"answer would have been ~{990 * per_token:.1f} s)")
+    assert follow_seconds < 0.2 * 990 * per_token
+    after = metrics(proxy)
+    stops = 'livepplx_stops_total{model="local",trigger="stop_above"}'
+    saved = 'livepplx_tokens_saved_total{model="local",trigger="stop_above"}'
+    assert after[stops] - before.get(stops, 0.0) == 1
+    assert after[saved] - before.get(saved, 0.0) == 1000 - 10
+
+
+def test_a_policy_of_the_wrong_type_is_a_400_over_http(proxy: Proxy) -> None:
+    client = through(proxy)
+    for extra in ({"metadata": {"livepplx": {"stop_above": "high"}}}, {"metadata": {"livepplx_min_tokens": "-1"}}):
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.chat.completions.create(model="local", messages=MESSAGES, max_tokens=4, stream=True,
+                                           extra_body=extra)
+        assert raised.value.status_code == 400 and "livepplx:" in str(raised.value)
+    with pytest.raises(openai.BadRequestError, match="header x-livepplx-stop-above must be a number"):
+        client.chat.completions.create(model="local", messages=MESSAGES, max_tokens=4, stream=True,
+                                       extra_headers={"x-livepplx-stop-above": "[1]"})
