@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import json
+import threading
 import pytest
 
 from livepplx.cli import main
@@ -72,3 +74,12 @@ def test_a_server_without_logprobs_is_one_line_and_exit_1(capsys: pytest.Capture
 def test_warmup_0_needs_a_threshold(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["vote", "q", "--base-url", "http://127.0.0.1:9/v1", "--warmup", "0"]) == 1
     assert "--warmup 0 needs --threshold" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_exit_130_with_every_trace_closed(capsys: pytest.CaptureFixture[str]) -> None:
+    with PacedSSEServer(scripted(lambda i: (steady(3.0, 400), "7")), interval=0.005) as server:
+        threading.Timer(0.4, _thread.interrupt_main).start()
+        code = main(vote(server, "--concurrency", "2"))
+        served = [server.wait(i) for i in range(len(server.served))]
+    assert code == 130 and "livepplx: interrupted" in capsys.readouterr().err
+    assert len(served) == 2 and all(s.client_left and s.written < 200 for s in served)
