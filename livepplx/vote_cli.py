@@ -132,7 +132,8 @@ def _summary(result: VoteResult) -> list[str]:
              f"  {safe_line(result.reason, 400)}"]
     total = sum(result.weights.values())
     for answer, weight in sorted(result.weights.items(), key=lambda kv: -kv[1])[:10]:
-        lines.append(f"  {weight:10.3f}  {weight / total:6.1%}  {safe_line(answer, 60)}")
+        share = f"{weight / total:6.1%}" if total > 0 else "     -"
+        lines.append(f"  {weight:10.3f}  {share}  {safe_line(answer, 60)}")
     saved = result.tokens_saved
     lines.append(f"tokens: {result.tokens} spent" + (
         f", about {result.tokens_full} to run all {result.planned} traces in full: {saved} saved "
