@@ -30,7 +30,7 @@ class Upstream:
         self.tokens = tokens
         self.pace = pace
         self.ignore_logprobs = ignore_logprobs
-        self.stats = {"started": 0, "whole": 0, "closed_early": 0, "chunks": 0}
+        self.stats: dict[str, Any] = {"started": 0, "whole": 0, "closed_early": 0, "chunks": 0}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -57,6 +57,7 @@ class Upstream:
         if not body.get("stream"):
             return web.json_response({"error": {"message": "this test upstream only streams"}}, status=400)
         self.stats["started"] += 1
+        self.stats["last_keys"] = sorted(body)  # what the gateway sent upstream (metadata must not be there)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         ident, created = f"cmpl-{self.stats['started']}", int(time.time())
