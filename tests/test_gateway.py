@@ -310,3 +310,28 @@ def test_metrics_are_served_over_http(registry: CollectorRegistry) -> None:
     assert 'livepplx_generation_tokens_total{model="local"} 4.0' in text
     assert generate_latest(registry).decode().count("livepplx_generation_ppl_count") == 1
     assert serve(port, registry)  # the same port again in this process: already served, not an error
+
+
+def test_an_open_stream_costs_a_few_kilobytes(callback: LivepplxCallback) -> None:
+    """Thousands of streams are open at once in a gateway: DeepConf's 2,048-slot window is kept
+    only when its trigger is on."""
+    import tracemalloc
+
+    from livepplx.integrations.litellm_proxy import _Watch
+
+    def held(policy: dict[str, Any]) -> int:
+        data = asyncio.run(callback.async_pre_call_hook(None, None, request(metadata={"livepplx": policy}),
+                                                        "acompletion"))
+        chunks = answer([-0.5] * 20)[:-1]
+        tracemalloc.start()
+        watch = _Watch(callback, data["metadata"][NOTE], data)
+        for c in chunks:
+            watch.see(c)
+        size, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return size
+
+    small = held({"stop_above": 20})
+    print(f"\nheld by one watched stream: {small} bytes")
+    assert small < 12_000
+    assert held({"group_confidence_below": 2.0}) > 33_000

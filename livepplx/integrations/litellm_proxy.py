@@ -310,8 +310,11 @@ class _Watch:
         max_tokens = _max_tokens(request_data)
         if max_tokens is not None:
             request["max_tokens"] = max_tokens  # type: ignore[assignment]
-        options = MonitorOptions(window=policy.window, group_window=policy.group_window, triggers=tuple(policy.triggers()),
-                                 on_missing_logprobs="ignore", listeners=callback.listeners)
+        # Memory is per open stream, times thousands: the DeepConf window (2,048 slots, 33 kB) only
+        # when its trigger is on, and only the text's tail (nothing reads more of it here): 5 kB a stream.
+        group_window = policy.group_window if policy.group_confidence_below is not None else 1
+        options = MonitorOptions(window=policy.window, group_window=group_window, triggers=tuple(policy.triggers()),
+                                 text_limit=256, on_missing_logprobs="ignore", listeners=callback.listeners)
         self.state = StreamState(options, request=request)
         self.broken = False
 

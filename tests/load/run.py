@@ -3,7 +3,7 @@ real-shaped chunks at a fixed pace, N concurrent streams without and then with t
 callback, in one run. 127.0.0.1 only; bounded in count (N streams per phase) and time (each
 phase is cut at --phase-timeout seconds); not part of the test suite.
 
-    python tests/load/run.py --streams 1000 --tokens 20 --pace 0.5
+    python tests/load/run.py --streams 1000 --tokens 20 --pace 4 --ramp 60 --logprobs-phase
 
 Reports, per phase: the proxy's CPU seconds (user + system, from /proc) per token streamed,
 p50/p99 time to first chunk and inter-chunk delay as the client saw them, the proxy's RSS
@@ -58,8 +58,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-async def one_stream(session: Any, url: str, key: str, tokens: int, record: dict[str, Any]) -> None:
-    body = {"model": "local", "stream": True, "max_tokens": tokens, "messages": [{"role": "user", "content": "hi"}]}
+async def one_stream(session: Any, url: str, key: str, tokens: int, record: dict[str, Any], ask: bool) -> None:
+    body: dict[str, Any] = {"model": "local", "stream": True, "max_tokens": tokens,
+                            "messages": [{"role": "user", "content": "hi"}]}
+    if ask:
+        body.update(logprobs=True, top_logprobs=5)
     start = time.monotonic()
     last = None
     record.update(tokens=0, done=False, gaps=[], ttft=None, status=None, error=None, logprobs_seen=False)
@@ -96,7 +99,7 @@ async def one_stream(session: Any, url: str, key: str, tokens: int, record: dict
 
 
 async def phase(url: str, key: str, pid: int, streams: int, tokens: int, pace: float, ramp: float,
-                timeout: float) -> dict[str, Any]:
+                timeout: float, ask: bool = False) -> dict[str, Any]:
     import aiohttp
 
     records: list[dict[str, Any]] = [{} for _ in range(streams)]
@@ -118,7 +121,7 @@ async def phase(url: str, key: str, pid: int, streams: int, tokens: int, pace: f
         sampler = asyncio.create_task(sample())
         tasks = []
         for i in range(streams):
-            tasks.append(asyncio.create_task(one_stream(session, url, key, tokens, records[i])))
+            tasks.append(asyncio.create_task(one_stream(session, url, key, tokens, records[i], ask)))
             if ramp:
                 await asyncio.sleep(ramp / streams)
         started = time.monotonic()
@@ -154,6 +157,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20, help="streams sent first, uncounted, to each proxy")
     parser.add_argument("--phase-timeout", type=float, default=180.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--logprobs-phase", action="store_true",
+                        help="also a phase without the callback where the client asks for logprobs itself")
     args = parser.parse_args()
     if not 1 <= args.streams <= 5000 or not 1 <= args.tokens <= 1000:
         parser.error("--streams from 1 to 5,000 and --tokens from 1 to 1,000: the test stays bounded")
@@ -173,12 +178,18 @@ def main() -> int:
             bare = tmp / "without"
             bare.mkdir()
             (bare / "config.yaml").write_text(WITHOUT)
-            for name, config in (("without", bare / "config.yaml"), ("with", EXAMPLE / "config.yaml")):
+            # "without": no callback, no logprobs; "without_logprobs_asked": no callback, the client asks
+            # for the logprobs the callback would ask for (LiteLLM's own cost of carrying them);
+            # "with": the callback, which asks for them upstream and takes them out again.
+            plan = [("without", bare / "config.yaml", False), ("with", EXAMPLE / "config.yaml", False)]
+            if args.logprobs_phase:
+                plan.insert(1, ("without_logprobs_asked", bare / "config.yaml", True))
+            for name, config, ask in plan:
                 with start_proxy(config, tmp / f"proxy-{name}.log", env) as p:
                     url = p.base_url + "/chat/completions"
-                    asyncio.run(phase(url, p.key, p.process.pid, args.warmup, args.tokens, args.pace, 0, 60))
+                    asyncio.run(phase(url, p.key, p.process.pid, args.warmup, args.tokens, args.pace, 0, 60, ask))
                     results[name] = asyncio.run(phase(url, p.key, p.process.pid, args.streams, args.tokens, args.pace,
-                                                      args.ramp, args.phase_timeout))
+                                                      args.ramp, args.phase_timeout, ask))
                     if name == "with":
                         with urllib.request.urlopen(p.metrics_url, timeout=10) as r:
                             text = r.read().decode()
@@ -200,7 +211,13 @@ def main() -> int:
                                               "added_kib_per_open_stream")}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
-    bad = w["lost"] + w["cut"] + wo["lost"] + wo["cut"]
+    if "without_logprobs_asked" in results:
+        lp = results["without_logprobs_asked"]
+        results["litellm_cpu_ms_per_token_for_logprobs"] = round(lp["cpu_ms_per_token"] - wo["cpu_ms_per_token"], 4)
+        results["livepplx_cpu_ms_per_token_beyond_that"] = round(w["cpu_ms_per_token"] - lp["cpu_ms_per_token"], 4)
+        print(json.dumps({k: results[k] for k in ("litellm_cpu_ms_per_token_for_logprobs",
+                                                  "livepplx_cpu_ms_per_token_beyond_that")}, indent=1))
+    bad = sum(results[name]["lost"] + results[name]["cut"] for name, _, _ in plan)
     if bad:
         print(f"{bad} streams lost or cut", file=sys.stderr)
     return 1 if bad else 0
