@@ -39,6 +39,8 @@ _SSE_FIELDS = ("data:", "event:", "id:", "retry:", ":")
 _decode = json.JSONDecoder().decode
 # A complete JSON string; what a line holds outside them is structure and literals.
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+# Where a named event's data starts: its blank line, its one ``event:`` line, ``data: ``.
+_NAMED = re.compile(r"\n\nevent: [^\n]*\ndata: ")
 
 
 class Event(NamedTuple):
@@ -133,6 +135,10 @@ class StreamDecoder:
         #: :data:`livepplx.formats.TYPED_DECODERS`); data it refuses (``ValueError``) is
         #: decoded as JSON, as without it
         self.typed: Callable[[str], Any] | None = None
+        #: with :attr:`typed`: the same decoder over a JSON array of such events
+        #: (:data:`livepplx.formats.TYPED_ARRAY_DECODERS`); a read's run of one-line ``data:``
+        #: events is decoded by it in one call, and by the event when it refuses any of them
+        self.typed_many: Callable[[str], list[Any]] | None = None
         self._bare = False  # feed_values(): the events' data alone
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         self._bytes_read = 0
@@ -234,11 +240,63 @@ class StreamDecoder:
 
     def _text(self, text: str, out: list[Event]) -> None:
         if self.framing == "sse" and not self._cr and "\r" not in text:
+            if self.typed_many is not None and not self.done and self._array(text, out):
+                return
             blocks = text.split("\n\n")
             if len(blocks) > 2:
                 self._blocks(blocks, out)
                 return
         self._lines_of(text, out)
+
+    def _array(self, text: str, out: list[Any]) -> bool:
+        """SSE text without CR whose complete events are each one ``data: `` line (what most
+        servers send): their data joined into one JSON array, decoded by :attr:`typed_many` in
+        one call. False, having read nothing, when the text is not that (a comment, a name,
+        an ``id:``, multi-line data, ``data:`` without its space) or the array decoder refuses
+        any event in it (not the common shape, not JSON): :meth:`_blocks` reads it, event by
+        event. What completes an event left open by the last read, a final ``[DONE]`` and
+        the incomplete rest are read as :meth:`_blocks` reads them."""
+        end = text.rfind("\n\n")
+        if end < 0:
+            return False
+        start = 0
+        if self._partial or self._data or self._name is not None or self._discard:
+            start = text.find("\n\n") + 2
+        body = text[start:end]
+        done = body.endswith("data: [DONE]") and (len(body) == 12 or body[-14:-12] == "\n\n")
+        if done:
+            body = body[:-14]
+        if len(body) > self.max_event_bytes:
+            return False
+        # A JSON string never holds a raw line end: "\n\ndata: " is only ever an event's start,
+        # and a line end left after the joins is a line of another kind.
+        if body.startswith("data: "):
+            joined = body[6:].replace("\n\ndata: ", ",")
+        elif body.startswith("event: ") and "event: error\n" not in body:
+            # Named events (OpenAI's Responses): the names go, as in feed_values(); an error
+            # event's data may need wrapping (_emit), so a text with one is read event by event.
+            cut = body.find("\ndata: ")
+            joined = _NAMED.sub(",", body[cut + 7 :]) if cut > 0 and "\n" not in body[:cut] else "\n"
+        else:
+            return False
+        if "\n" in joined:
+            return False
+        try:
+            values = self.typed_many("[" + joined + "]")  # type: ignore[misc]
+        except (ValueError, RecursionError):
+            return False
+        if start:
+            self._lines_of(text[:start], out)  # completes what the last text left open
+        self._events += len(values)
+        if self._bare:
+            out += values
+        else:
+            out += [Event(None, value) for value in values]
+        if done:
+            self._lines_of("data: [DONE]\n\n", out)
+        if end + 2 < len(text):
+            self._lines_of(text[end + 2 :], out)
+        return True
 
     def _blocks(self, blocks: list[str], out: list[Any]) -> None:
         """SSE text without CR, split at its blank lines: the common events (one ``data:``

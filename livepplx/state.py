@@ -34,7 +34,10 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypedDict
 
 from .errors import NoLogprobsError, StreamFormatError, TooManyChoicesError
-from .formats import FAST_PARSERS, FORMATS, TYPED_DECODERS, Parsed, detect_format, error_message
+from .formats import (
+    FAST_PARSERS, Reader, FORMATS, TYPED_ARRAY_DECODERS, TYPED_DECODERS, TYPED_READERS, Parsed, detect_format,
+    error_message,
+)
 from .sse import MAX_EVENT_BYTES, StreamDecoder
 from .stats import DEFAULT_VOCAB_SIZE, ChoiceStats
 from .tokens import SKIPPED, Token
@@ -288,6 +291,7 @@ class StreamState:
         self._finished = False
         self._decoder: StreamDecoder | None = None
         self._fast: Callable[[Any], tuple[list[Token], tuple[int, ...]] | None] | None = None
+        self._read: Reader | None = None  # the reader of raw input's typed structs
         for listener in self.listeners:
             listener.on_start(self)
 
@@ -413,31 +417,24 @@ class StreamState:
         (the same arithmetic, token by token) and its text joined once. Nothing is ever left
         uncounted: a new choice (which may fail) first counts what came before it."""
         batch: list[Token] = []
-        fast = self._fast
+        read = self._read
         choices = self.choices
+        ended = self.ended
+        fast = 0  # chunks read by `read`, counted once
         try:
             for data in values:
-                if fast is not None and type(data) is not list:
-                    # _handle_object's fast path, inline: this runs for every chunk of a raw stream
-                    read = fast(data)
-                    if read is not None:
-                        self.chunks += 1
-                        tokens, ended = read
-                        if len(tokens) == 1 and tokens[0].choice in choices:
-                            batch.append(tokens[0])
-                        else:
-                            for token in tokens:
-                                if token.choice not in choices:
-                                    self._count(batch)  # what came before is counted, whatever happens next
-                                    batch.clear()
-                                    self._new_choice(token.choice)
-                                batch.append(token)
-                        if ended:
-                            self.ended.update(ended)
+                if read is not None:
+                    # A typed struct of the common shape: its tokens straight into the batch
+                    marks = read(data, batch, choices)
+                    if marks is not None:
+                        fast += 1
+                        if marks:
+                            ended.update(marks)
                         continue
                 for item in data if type(data) is list else (data,):
                     self._handle_object(item, batch)
         finally:
+            self.chunks += fast
             self._count(batch)
         return batch
 
@@ -482,9 +479,11 @@ class StreamState:
                 return []
             self.format = fmt
             self._fast = FAST_PARSERS.get(fmt)
+            self._read = TYPED_READERS.get(fmt)
             if self._decoder is not None:
                 # Raw input: from now on its data is decoded straight into the format's structs.
                 self._decoder.typed = TYPED_DECODERS.get(fmt)
+                self._decoder.typed_many = TYPED_ARRAY_DECODERS.get(fmt)
         fast = self._fast
         if fast is not None:
             # The common shape: tokens and end marks, nothing else to record (the format's

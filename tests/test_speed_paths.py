@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from livepplx.formats import FAST_PARSERS, FORMATS, TYPED_DECODERS
@@ -189,3 +189,93 @@ def test_raw_bytes_read_in_batches_read_as_the_chunks_one_by_one(split: int) -> 
 def test_a_token_is_hashed_and_compared_by_identity_as_before() -> None:
     a, b = make_token(0, "x", -0.5, [-0.5]), make_token(0, "x", -0.5, [-0.5])
     assert a == a and a != b and len({a, b}) == 2
+
+
+# -- A read's events decoded in one call (StreamDecoder.typed_many) -----------------------
+
+_CHAT = json.dumps(BASE["openai-chat"])
+_BLOCKS = [
+    "data: " + _CHAT,  # the common shape
+    "data: " + _CHAT.replace("-0.25", "-9999.0"),  # refused by the typed decoders: read by the policy
+    "data:" + _CHAT,  # no space
+    "event: x\ndata: " + _CHAT,
+    "event: error\ndata: " + _CHAT,
+    "event: error\ndata: overloaded",
+    ": keep-alive",
+    "id: 7\ndata: " + _CHAT,
+    "data: " + _CHAT + "\ndata: " + _CHAT,  # a proxy dropped the blank line
+    "data: {\"choices\": [",  # malformed
+    "data: ",  # keep-alive
+    "data: [DONE]",
+    "data: " + json.dumps({"error": {"message": "boom"}}),
+    '{"x": 1}',  # a line that is no field
+    "data: " + _CHAT + "\n",  # an extra blank line
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks=st.lists(st.sampled_from([0] * 12 + [11] * 3 + list(range(len(_BLOCKS)))), max_size=12),
+       cuts=st.lists(st.integers(0, 5000), max_size=4), first=st.booleans())
+@example(blocks=[0, 0, 11], cuts=[], first=True)  # a final [DONE] after common events, in one read
+@example(blocks=[0, 11, 0], cuts=[], first=True)  # what follows [DONE] is skipped
+@example(blocks=[0, 0, 0], cuts=[1000], first=True)  # a read that completes an event left open
+def test_events_decoded_in_one_call_read_as_one_by_one(blocks: list[int], cuts: list[int], first: bool) -> None:
+    """Whatever the blocks and wherever the reads split them: the same values, skips, first
+    skip, [DONE] and errors as the event-by-event decoding."""
+    import msgspec
+
+    from livepplx.formats import TYPED_ARRAY_DECODERS
+    from livepplx.sse import StreamDecoder
+
+    # The framing is told by the first read; `first`: that read was one common event alone.
+    head = ("data: " + _CHAT + "\n\n").encode() if first else b""
+    data = head + "".join(_BLOCKS[i] + "\n\n" for i in blocks).encode()
+    points = sorted({0, len(head), len(data), *(c % (len(data) + 1) for c in cuts)})
+
+    def read(many: bool) -> tuple:
+        d = StreamDecoder()
+        d.typed = TYPED_DECODERS["openai-chat"]
+        d.typed_many = TYPED_ARRAY_DECODERS["openai-chat"] if many else None
+        out: list[Any] = []
+        try:
+            for a, b in zip(points, points[1:]):
+                out += d.feed_values(data[a:b])
+            out += [e.data for e in d.close()]
+            error = None
+        except Exception as e:  # noqa: BLE001 - the same error either way is the point
+            error = f"{type(e).__name__}: {e}"
+        return msgspec.to_builtins(out), d.done, d.skipped, d.first_skip, error
+
+    assert read(True) == read(False)
+
+
+@pytest.mark.parametrize("fmt", list(BASE))
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.sampled_from([-0.25, -1.5, 0.0, -9999.0, 0.5, None, -3, "x", -1e-300]), min_size=1, max_size=30),
+       split=st.sampled_from([1, 97, 65536]))
+def test_raw_bytes_read_as_their_dicts_whatever_the_values(fmt: str, values: list, split: int) -> None:
+    """Typed structs read by the typed readers (or refused to the value policy) against the
+    same chunks handed over as dicts: the same summary, bit for bit, for every format."""
+    chunks = []
+    for i, v in enumerate(values):
+        chunk = json.loads(json.dumps(BASE[fmt]))
+        if fmt == "openai-completions":
+            chunk["choices"][0]["logprobs"]["token_logprobs"] = [v]
+            chunk["choices"][0]["logprobs"]["top_logprobs"] = [{"Hi": v if i % 3 else -0.25, "Hey": -1.75}]
+            chunk["choices"][0]["finish_reason"] = None
+        else:
+            entry = (chunk["choices"][0]["logprobs"]["content"][0] if fmt == "openai-chat" else
+                     chunk["logprobs"][0] if fmt == "openai-responses" else chunk["completion_probabilities"][0])
+            entry["logprob"] = v
+            entry["top_logprobs"][1]["logprob"] = v if i % 3 else -1.75
+        chunks.append(chunk)
+    name = "event: response.output_text.delta\n" if fmt == "openai-responses" else ""
+    data = "".join(f"{name}data: {json.dumps(c)}\n\n" for c in chunks).encode()
+    raw, dicts = StreamState(), StreamState()
+    for i in range(0, len(data), split):
+        raw.handle(data[i : i + split])
+    for c in chunks:
+        dicts.handle(c)
+    assert repr([raw.choices[i].as_dict() for i in sorted(raw.choices)]) == \
+        repr([dicts.choices[i].as_dict() for i in sorted(dicts.choices)])
+    assert (raw.malformed, raw.unscored, raw.chunks) == (dicts.malformed, dicts.unscored, dicts.chunks)
