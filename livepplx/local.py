@@ -44,7 +44,8 @@ import threading
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
+import weakref
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Literal, NamedTuple, Sequence
@@ -84,6 +85,8 @@ INSTALL = ("pip install 'livepplx[local]' (about 10 s when pip has built llama-c
 
 #: The prompt's last tokens evaluated in a batch of their own, as llama-server does (see _Generation).
 PROMPT_TAIL = 4
+#: seconds :meth:`LocalModel.close` waits for a generation running on another thread to stop
+CLOSE_WAIT = 30.0
 _BLOCK = 512  # the two-level top-k's block: 262,144 = 512 blocks of 512
 _MODEL_BYTES = 253_000_000
 
@@ -375,13 +378,32 @@ class LocalModel:
         self.n_vocab = int(self._llm.n_vocab())
         self._vocab = self._llm._model.vocab
         self._pieces: dict[int, bytes] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the generation running, if any
+        # A weak reference: an answer dropped unread must still be garbage, and free the model.
+        self._running: weakref.ref[_Generation] | None = None
+        self._closed = False
 
-    def close(self) -> None:
-        """Free the model's memory now (otherwise when it is garbage)."""
-        close = getattr(self._llm, "close", None)
-        if close is not None:
-            close()
+    def close(self, wait: float = CLOSE_WAIT) -> None:
+        """Free the model's memory now (otherwise when it is garbage).
+
+        A generation still running on another thread (the CLI's idle reader, a server's worker)
+        is told to stop, and the model is freed once it has, waiting at most ``wait`` seconds
+        (one token is milliseconds; a long prompt a second or two): freeing it under a running
+        ``llama_decode`` would crash the process. Past that, it is left to the OS.
+        """
+        running = self._running() if self._running is not None else None
+        if running is not None:
+            running.stop()
+        if not self._lock.acquire(timeout=wait):
+            return
+        try:
+            if not self._closed:
+                self._closed = True
+                close = getattr(self._llm, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            self._lock.release()
 
     def _load(self, n_ctx: int, n_threads: int | None) -> Any:
         with _quiet_stderr():
@@ -445,7 +467,12 @@ class LocalModel:
         if not self._lock.acquire(blocking=False):
             raise LocalRequestError("the embedded model writes one answer at a time: close the stream "
                                     "it is writing before starting another")
-        return _Generation(self, list(prompt), min(max_tokens, room), sampling, top_logprobs)
+        if self._closed:
+            self._lock.release()
+            raise LocalModelError("this model was closed: load a new LocalModel")
+        generation = _Generation(self, list(prompt), min(max_tokens, room), sampling, top_logprobs)
+        self._running = weakref.ref(generation)
+        return generation
 
 
 class _Generation:
@@ -456,6 +483,7 @@ class _Generation:
                  top_logprobs: int | None) -> None:
         self._model = model
         self._held = True
+        self._stopped = False
         self._steps = self._run(prompt, limit, sampling, top_logprobs)
 
     def __iter__(self) -> Iterator[Step]:
@@ -464,15 +492,26 @@ class _Generation:
     def __next__(self) -> Step:
         return next(self._steps)
 
+    def stop(self) -> None:
+        """Ask the generation to end before its next token; safe from any thread (the one
+        running it may be inside llama.cpp, where it cannot be closed from outside)."""
+        self._stopped = True
+
     def close(self) -> None:
+        self._stopped = True
         try:
             self._steps.close()
-        finally:
-            self._free()
+        except ValueError:
+            # Running on another thread ("generator already executing"): it sees the stop
+            # after its current token and frees the model then, not before (freeing the lock
+            # now would let a second generation into llama.cpp beside it).
+            return
+        self._free()
 
     def _free(self) -> None:
         if self._held:
             self._held = False
+            self._model._running = None
             self._model._lock.release()
 
     def __del__(self) -> None:
@@ -510,9 +549,11 @@ class _Generation:
                     alternatives = tuple((int(t), float(logits[t]) - lse) for t in top[:k])
                     step = Step(token, float(logits[token]) - lse, alternatives, model.is_end(token))
                 yield step
-                if step.end or produced == limit:
+                if step.end or produced == limit or self._stopped:
                     return
                 llm.eval([token])
+                if self._stopped:
+                    return
         finally:
             self._free()
 
@@ -772,8 +813,13 @@ class LocalStream:
         return next(self._chunks)
 
     def close(self) -> None:
-        """Stop the generation (idempotent)."""
-        self._chunks.close()
+        """Stop the generation (idempotent; from any thread: a stream being read on another
+        thread stops after its current token)."""
+        stop = getattr(self._steps, "stop", None)
+        if stop is not None:
+            stop()  # first: the generator below may be running on another thread
+        with suppress(ValueError):  # "generator already executing": it stops at the flag
+            self._chunks.close()
         close = getattr(self._steps, "close", None)
         if close is not None:
             close()

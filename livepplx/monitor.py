@@ -30,6 +30,7 @@ of the stream, whatever the client, and stops the stream with the reason
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import queue
@@ -112,6 +113,13 @@ def _idle_limited(source: Iterable[Any], seconds: float, progress: Callable[[], 
         while True:
             wanted.acquire()
             if finished.is_set():
+                # The consumer left while this thread held the source: a generator can only
+                # be closed by the thread not running it, so its cleanup (an embedded model's
+                # generation frees the model there) runs here.
+                close = getattr(it, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        close()
                 return
             try:
                 results.put((0, next(it)))

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import livepplx
@@ -118,9 +118,18 @@ def test_the_same_seed_draws_the_same_tokens() -> None:
 @settings(max_examples=300, deadline=None)
 @given(pieces=st.lists(st.text("ab\nQ:", max_size=4), max_size=12),
        stops=st.lists(st.text("ab\nQ:", min_size=1, max_size=3), min_size=1, max_size=2))
+@example(pieces=["a:", "a"], stops=[":", "a:a"])  # ":" ends the answer before "a:a" can complete
 def test_stop_strings_send_exactly_the_text_before_the_first_one(pieces: list[str], stops: list[str]) -> None:
+    # As a server checks: after each token, the text so far; the first time a stop string is
+    # in it, the answer ends where the earliest one found begins (a longer stop string that
+    # would have begun earlier but is not complete yet never comes: the generation ended).
     text = "".join(pieces)
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    found: list[int] = []
+    for n in range(1, len(pieces) + 1):
+        so_far = "".join(pieces[:n])
+        found = [i for i in (so_far.find(s) for s in stops) if i >= 0]
+        if found:
+            break
     cut = min(found) if found else len(text)
     s = _StopText(tuple(stops))
     sent: list[tuple[int, str]] = []
@@ -721,3 +730,56 @@ def test_serve_says_in_one_line_what_stops_it(monkeypatch: pytest.MonkeyPatch,
     assert capsys.readouterr().err == "livepplx: error: serving needs starlette and uvicorn: pip install 'livepplx[serve]'\n"
     with pytest.raises(SystemExit):
         serve.main(["--port", "0"])
+
+
+@pytest.mark.local_model
+def test_a_stream_read_on_the_idle_reader_thread_frees_the_model_when_closed(model: Any) -> None:
+    # The CLI reads with an idle timeout: the generation runs on a helper thread, and Ctrl-C
+    # closes the stream from the main one. The generation must stop and free the model (it
+    # was left suspended on the helper thread, holding the model, and the interpreter's exit
+    # freed llama.cpp under it: a segfault after "livepplx: interrupted").
+    from livepplx.monitor import MonitoredStream
+    from livepplx.state import StreamState
+
+    client = LocalClient(model)
+    prompt = QA_PROMPT.format(question="What is the largest planet in the solar system?")
+    source = client.completions.create(model="g", prompt=prompt, stream=True, max_tokens=3000, logprobs=1)
+    # A timeout shorter than the prompt's evaluation: the consumer leaves while the helper
+    # thread is inside the generation, as Ctrl-C makes it leave (a generator running on
+    # another thread cannot be closed from this one).
+    with MonitoredStream(source, StreamState(), idle_timeout=0.001) as m:
+        list(m)
+    assert m.stopped is not None and m.stopped.reason == "idle timeout"
+    deadline = time.monotonic() + 10
+    while True:  # the helper thread sees the stop after its current token
+        try:
+            again = client.completions.create(model="g", prompt="Hi", stream=True, max_tokens=2)
+            break
+        except LocalRequestError:
+            assert time.monotonic() < deadline, "the closed stream still holds the model"
+            time.sleep(0.05)
+    assert len(list(again)) >= 2
+
+
+@pytest.mark.local_model
+def test_closing_the_model_waits_for_a_generation_running_on_another_thread(model: Any) -> None:
+    import threading
+
+    own = local.LocalModel(model.path, n_ctx=512)
+    steps: list[Any] = []
+    started = threading.Event()
+
+    def write() -> None:
+        for step in own.generate(own.tokenize("Count: 1, 2, 3,", bos=True), max_tokens=400):
+            steps.append(step)
+            started.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    assert started.wait(60)
+    own.close()  # freed only once the generation has stopped: freeing under llama_decode crashes
+    thread.join(10)
+    assert not thread.is_alive() and 1 <= len(steps) < 400
+    with pytest.raises(local.LocalModelError, match="closed"):
+        own.generate([1, 2], max_tokens=2)
+    own.close()  # idempotent
