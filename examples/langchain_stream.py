@@ -14,7 +14,6 @@ text LangChain delivered. Needs ``pip install 'livepplx[langchain]'``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -22,6 +21,8 @@ from typing import Any, Sequence
 from langchain_openai import ChatOpenAI
 
 from livepplx.integrations.langchain import LivepplxCallbackHandler, StreamStopped
+
+from _agent_step import parse, report  # the examples' shared command line (beside this file)
 
 
 def chat_model(args: argparse.Namespace, model: str | None = None, http_client: Any = None) -> ChatOpenAI:
@@ -34,7 +35,7 @@ def chat_model(args: argparse.Namespace, model: str | None = None, http_client: 
 
 
 def main(argv: Sequence[str] | None = None, http_client: Any = None) -> dict[str, Any]:
-    args = parse(argv)
+    args = parse(__doc__, argv)
     handler = LivepplxCallbackHandler(stop_above=args.stop_above)
     llm = chat_model(args, http_client=http_client)
     text, escalated = "", None
@@ -53,29 +54,8 @@ def main(argv: Sequence[str] | None = None, http_client: Any = None) -> dict[str
     summary = {**state.summary(), "text": text}
     if escalated is not None:
         summary["escalated"] = escalated
-    if args.json:
-        print(json.dumps(summary, allow_nan=False))
-    else:
-        if escalated is not None:
-            print(f"\n[escalated to {escalated['model']}]\n{escalated['text']}")
-        print(f"\n\n{state.tokens} tokens, perplexity {state.ppl:.3f}" + (f", stopped: {state.stopped.reason}"
-                                                                           if state.stopped else ""))
-    return summary
+    return report(args, summary)
 
-
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"))
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--prompt", default="Name three fruits.")
-    parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--stop-above", type=float, default=None, help="stop once the running perplexity exceeds this")
-    parser.add_argument("--escalate-to", default=None, metavar="MODEL", help="ask a stopped answer again of MODEL")
-    parser.add_argument("--extra-body", type=json.loads, default=None, metavar="JSON",
-                        help='more request fields, e.g. \'{"ignore_eos": true}\' for llama.cpp')
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

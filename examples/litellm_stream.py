@@ -13,8 +13,6 @@ of that model (a LiteLLM model name, on the same server). With ``--json`` the la
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -23,9 +21,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # or LiteLLM fetc
 
 from livepplx.integrations import litellm as lx  # noqa: E402
 
+from _agent_step import parse, report  # noqa: E402  (the examples' shared command line, beside this file)
+
 
 def main(argv: Sequence[str] | None = None, client: Any = None) -> dict[str, Any]:
-    args = parse(argv)
+    args = parse(__doc__, argv, model_help="the server's model name (sent as openai/NAME)")
     request: dict[str, Any] = {
         "model": f"openai/{args.model}", "api_base": args.base_url, "client": client,
         "api_key": os.environ.get("OPENAI_API_KEY", "sk-no-key"), "messages": [{"role": "user", "content": args.prompt}],
@@ -50,28 +50,8 @@ def main(argv: Sequence[str] | None = None, client: Any = None) -> dict[str, Any
     summary = {**m.summary(), "text": text}
     if escalated is not None:
         summary["escalated"] = escalated
-    if args.json:
-        print(json.dumps(summary, allow_nan=False))
-    else:
-        if escalated is not None:
-            print(f"\n[escalated to {escalated['model']}]\n{escalated['text']}")
-        print(f"\n\n{m.tokens} tokens, perplexity {m.ppl:.3f}" + (f", stopped: {m.stopped.reason}" if m.stopped else ""))
-    return summary
+    return report(args, summary)
 
-
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"))
-    parser.add_argument("--model", default="gemma-3-270m", help="the server's model name (sent as openai/NAME)")
-    parser.add_argument("--prompt", default="Name three fruits.")
-    parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--stop-above", type=float, default=None, help="stop once the running perplexity exceeds this")
-    parser.add_argument("--escalate-to", default=None, metavar="MODEL", help="ask a stopped answer again of MODEL")
-    parser.add_argument("--extra-body", type=json.loads, default=None, metavar="JSON",
-                        help='more request fields, e.g. \'{"ignore_eos": true}\' for llama.cpp')
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -27,6 +26,8 @@ from agents.exceptions import OutputGuardrailTripwireTriggered
 from openai import AsyncOpenAI
 
 from livepplx.integrations.openai_agents import RunMonitor
+
+from _agent_step import parse, report  # the examples' shared command line (beside this file)
 
 
 def agent(args: argparse.Namespace, client: AsyncOpenAI, model: str, monitor: RunMonitor | None = None) -> Agent[Any]:
@@ -65,35 +66,13 @@ async def run(args: argparse.Namespace, client: AsyncOpenAI) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None, client: AsyncOpenAI | None = None) -> dict[str, Any]:
-    args = parse(argv)
+    args = parse(__doc__, argv, max_ppl="an output guardrail: trip above this perplexity")
     set_tracing_disabled(True)
     if client is None:
         client = AsyncOpenAI(base_url=args.base_url, api_key=os.environ.get("OPENAI_API_KEY", "sk-no-key"), max_retries=0)
     summary = asyncio.run(run(args, client))
-    if args.json:
-        print(json.dumps(summary, allow_nan=False))
-    else:
-        if "escalated" in summary:
-            print(f"\n[escalated to {summary['escalated']['model']}]\n{summary['escalated']['text']}")
-        print(f"\n\n{summary['tokens']} tokens, perplexity {summary['ppl']}"
-              + (f", stopped: {summary['stopped']['reason']}" if summary["stopped"] else ""))
-    return summary
+    return report(args, summary)
 
-
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"))
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--prompt", default="Name three fruits.")
-    parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--stop-above", type=float, default=None, help="stop once the running perplexity exceeds this")
-    parser.add_argument("--max-ppl", type=float, default=None, help="an output guardrail: trip above this perplexity")
-    parser.add_argument("--escalate-to", default=None, metavar="MODEL", help="ask a stopped or tripped answer again")
-    parser.add_argument("--extra-body", type=json.loads, default=None, metavar="JSON",
-                        help='more request fields, e.g. \'{"ignore_eos": true}\' for llama.cpp')
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

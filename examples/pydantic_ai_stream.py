@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -29,6 +28,8 @@ from pydantic_ai.models.openai import OpenAIChatModel
 
 from livepplx.integrations.pydantic_ai import retry_above, tapped_provider
 from livepplx.integrations.tap import Tap
+
+from _agent_step import parse, report  # the examples' shared command line (beside this file)
 
 
 async def run(args: argparse.Namespace, inner: Any) -> dict[str, Any]:
@@ -66,32 +67,10 @@ async def run(args: argparse.Namespace, inner: Any) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None, inner: Any = None) -> dict[str, Any]:
     """``inner``: the async transport under the tap (tests give a mocked one)."""
-    args = parse(argv)
+    args = parse(__doc__, argv, max_ppl="refuse a whole answer above this perplexity")
     summary = asyncio.run(run(args, inner))
-    if args.json:
-        print(json.dumps(summary, allow_nan=False))
-    else:
-        if "escalated" in summary:
-            print(f"\n[escalated to {summary['escalated']['model']}]\n{summary['escalated']['text']}")
-        print(f"\n\n{summary['tokens']} tokens, perplexity {summary['ppl']}"
-              + (f", stopped: {summary['stopped']['reason']}" if summary["stopped"] else ""))
-    return summary
+    return report(args, summary)
 
-
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"))
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--prompt", default="Name three fruits.")
-    parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--stop-above", type=float, default=None, help="stop once the running perplexity exceeds this")
-    parser.add_argument("--max-ppl", type=float, default=None, help="refuse a whole answer above this perplexity")
-    parser.add_argument("--escalate-to", default=None, metavar="MODEL", help="ask a stopped or refused answer again")
-    parser.add_argument("--extra-body", type=json.loads, default=None, metavar="JSON",
-                        help='more request fields, e.g. \'{"ignore_eos": true}\' for llama.cpp')
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

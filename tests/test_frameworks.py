@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def example(name: str) -> Any:
+    if str(EXAMPLES) not in sys.path:  # as `python examples/X.py` has it: the examples import _agent_step
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
