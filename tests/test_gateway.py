@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from typing import Any, AsyncIterator
 
 import pytest
 
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before LiteLLM is imported: nothing fetched
 pytest.importorskip("litellm.proxy", reason="pip install -e '.[gateway]' for the gateway tests")
 pytest.importorskip("prometheus_client", reason="pip install -e '.[gateway]' for the gateway tests")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 import urllib.request
@@ -18,6 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before LiteLLM is imported: nothing fetched
 pytest.importorskip("litellm.proxy", reason="pip install -e '.[gateway]' for the gateway tests")
 pytest.importorskip("prometheus_client", reason="pip install -e '.[gateway]' for the gateway tests")
 
@@ -99,8 +101,9 @@ def test_live_ppl_through_the_gateway_equals_the_servers_own_answer_and_the_clie
     asked = raw_stream(proxy, {"model": "local", "logprobs": True, "top_logprobs": 2, **common, **watched_only})
     entries = [e["choices"][0]["logprobs"]["content"][0] for e in asked[:-1]
                if e["choices"] and e["choices"][0].get("logprobs")]
-    assert [e["logprob"] for e in entries] == pytest.approx(values, rel=1e-6)
-    assert all(len(e["top_logprobs"]) == 2 for e in entries)
+    # (llama-server's values move in the 4th digit with the number of alternatives asked)
+    assert [e["logprob"] for e in entries] == pytest.approx(values, rel=1e-3)
+    assert all(len(e["top_logprobs"]) == 2 for e in entries)  # the client's top_logprobs, not the callback's
 
 
 def test_a_per_request_stop_closes_the_upstream_so_the_next_request_is_not_queued(proxy: Proxy,
@@ -109,14 +112,14 @@ def test_a_per_request_stop_closes_the_upstream_so_the_next_request_is_not_queue
     would wait behind its remaining ~990 tokens."""
     client = through(proxy)
     t = time.monotonic()
-    full = client.chat.completions.create(model="local", messages=COUNT, max_tokens=400, temperature=0,
+    full = client.chat.completions.create(model="local", messages=COUNT, max_tokens=200, temperature=0,
                                           extra_body={"ignore_eos": True, "metadata": {"livepplx": {"enabled": False}}})
     full_seconds = time.monotonic() - t
-    assert full.usage is not None and full.usage.completion_tokens == 400
+    assert full.usage is not None and full.usage.completion_tokens == 200
     before = metrics(proxy)
     t = time.monotonic()
     events = raw_stream(proxy, {"model": "local", "messages": COUNT, "max_tokens": 1000, "temperature": 0,
-                                "ignore_eos": True}, headers={"x-livepplx-stop-above": "1.0001",
+                                "ignore_eos": True}, headers={"x-livepplx-stop-above": "0.5",  # PPL >= 1: stops at the warm-up's end
                                                               "x-livepplx-min-tokens": "10"})
     stopped_seconds = time.monotonic() - t
     final = events[-2]
@@ -127,8 +130,8 @@ def test_a_per_request_stop_closes_the_upstream_so_the_next_request_is_not_queue
                                             temperature=0)
     follow_seconds = time.monotonic() - t
     assert follow.choices[0].message.content is not None
-    per_token = full_seconds / 400
-    print(f"\ngateway + llama-server: 400 tokens in {full_seconds:.2f} s; stopped at token 10 after "
+    per_token = full_seconds / 200
+    print(f"\ngateway + llama-server: 200 tokens in {full_seconds:.2f} s; stopped at token 10 after "
           f"{stopped_seconds:.2f} s; the next request took {follow_seconds:.3f} s (the rest of a 1,000-token "
           f"answer would have been ~{990 * per_token:.1f} s)")
     assert follow_seconds < 0.2 * 990 * per_token
