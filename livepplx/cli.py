@@ -14,6 +14,7 @@ as visible data, never as commands; Rich markup shown as typed.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import json
@@ -190,20 +191,42 @@ class _Page:
     state is fed, written whole or not at all (the atomic write of ``--record``). An unwritable
     FILE is refused before the stream is read (a trial file made and removed beside it)."""
 
-    def __init__(self, path: str, state: StreamState) -> None:
+    def __init__(self, path: str, state: StreamState, source: str | None = None) -> None:
         from .heatmap import TokenRecorder
 
         self.path = path
+        if source is not None and source != "-" and _same_file(path, source):
+            # The page is written after the stream is read: it would replace the stream it shows.
+            raise _Fail(f"cannot write {path}: it is the stream being read (the page would replace it); "
+                        "name another file")
         _Recording(path, noun="page").drop("a trial")  # raises _Fail (one line, exit 1) if it cannot be written
         self.recorder = TokenRecorder(state.options.window, state.options.max_event_bytes)
+        #: chunks read from the source but not yet fed (one the state refused never reaches feed)
+        self.pending: collections.deque[Any] = collections.deque()
+
+    def source(self, chunks: Iterable[Any]) -> Iterator[Any]:
+        """``chunks`` as they are read, remembered until fed: a chunk that ends the stream with
+        an error (the state raises on it, so it is never passed on) still reaches the page."""
+        try:
+            for chunk in chunks:
+                self.pending.append(chunk)
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # a stop closes this wrapper: the connection or the generation behind it closes too
 
     def feed(self, chunk: Any) -> None:
+        if self.pending and self.pending[0] is chunk:
+            self.pending.popleft()
         self.recorder.feed(chunk)
 
     def settle(self, code: int, state: StreamState, title: str) -> int:
         """Write the page of what was read (also of a stopped or failed stream); the exit code."""
         from .heatmap import render
 
+        if state.error is not None and self.pending:
+            self.recorder.feed(self.pending.popleft())  # the chunk the state failed on: its tokens before the error
         self.recorder.close()
         try:
             page = render(self.recorder, state, title=title).encode()
@@ -219,6 +242,14 @@ class _Page:
             raise
         out.keep()
         return code
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when paths ``a`` and ``b`` name one file (through symlinks, ``.``, hard links)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): the same file if they resolve alike
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _fed(*feeds: Callable[[Any], object] | None) -> Callable[[Any], object] | None:
@@ -456,9 +487,11 @@ def _replay(args: argparse.Namespace) -> int:
     state = _state(args, max(MAX_EVENT_BYTES, size + 1))
     run = _Run(args, state, "stdin" if args.path == "-" else os.path.basename(args.path))
     try:
-        page = _Page(args.html, state) if args.html else None
+        page = _Page(args.html, state, args.path) if args.html else None
         # Paced: line by line (at most _READ_SIZE bytes at a time, so a huge line costs no memory).
         chunks: Iterable[bytes] = iter(lambda: source.readline(_READ_SIZE), b"") if args.speed else _reads(source)
+        if page:
+            chunks = page.source(chunks)
         run.read(_paced(chunks, state, args.speed) if args.speed else chunks, page.feed if page else None)
     finally:
         if source is not sys.stdin.buffer:
@@ -554,13 +587,13 @@ def _chat(args: argparse.Namespace) -> int:
     request = build_request("chat", request, top_logprobs=args.top_logprobs, include_usage=True)
     state = _state(args)
     run = _Run(args, state, args.model)
-    page = _Page(args.html, state) if args.html else None
+    page = _Page(args.html, state, args.record) if args.html else None
     with _recorded(args.record, run) as recording:
         try:
             with client.chat.completions.with_streaming_response.create(**request) as response:
                 # The raw bytes: read by livepplx's own reader, and recordable as they came.
-                run.read(response.iter_bytes(), _fed(recording.write if recording else None,
-                                                      page.feed if page else None))
+                run.read(page.source(response.iter_bytes()) if page else response.iter_bytes(),
+                         _fed(recording.write if recording else None, page.feed if page else None))
         except openai.APIStatusError as e:
             raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
         except openai.APITimeoutError:
@@ -585,7 +618,7 @@ def _chat_local(args: argparse.Namespace) -> int:
         prompt = f"{args.system}\n{prompt}"
     state = _state(args)
     run = _Run(args, state, "gemma-3-270m (local)")
-    page = _Page(args.html, state) if args.html else None
+    page = _Page(args.html, state, args.record) if args.html else None
     # The chunks are dicts: recorded as the SSE a server would send, [DONE] only at the end.
     with _recorded(args.record, run, end=b"data: [DONE]\n\n") as recording:
 
@@ -598,7 +631,8 @@ def _chat_local(args: argparse.Namespace) -> int:
             chunks = client.completions.create(
                 model="gemma", prompt=prompt, stream=True, logprobs=args.top_logprobs, max_tokens=args.max_tokens,
                 temperature=args.temperature or 0.0, stop=list(QA_STOP), stream_options={"include_usage": True})
-            run.read(chunks, _fed(save if recording else None, page.feed if page else None))
+            run.read(page.source(chunks) if page else chunks, _fed(save if recording else None,
+                                                                   page.feed if page else None))
         except LivepplxError as e:
             raise _Fail(str(e)) from None
         code = run.report()

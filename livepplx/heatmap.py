@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import NoLogprobsError, StreamFormatError
+from .errors import LivepplxError, NoLogprobsError, StreamFormatError
 from .formats import detect_format, parse_chunk
 from .sse import MAX_EVENT_BYTES, StreamDecoder
 from .stats import ChoiceStats
@@ -311,10 +311,14 @@ def _levels(state: StreamState | None) -> list[dict[str, Any]]:
 
 def _choice_data(kept: _Choice, state: StreamState | None) -> dict[str, Any]:
     tokens = kept.tokens
-    if state is not None and state.stopped is not None:
-        # The recorder read the whole chunk; the state counted up to the crossing token.
-        counted = state.choice(kept.index).tokens
-        if counted:
+    if state is not None and (state.stopped is not None or state.error is not None):
+        # The recorder read the whole chunk; the state counted up to the crossing token (or
+        # up to the event that failed the stream).
+        stats = state.choices.get(kept.index)
+        counted = stats.tokens if stats is not None else 0
+        if stats is None:
+            tokens = []  # a choice the state refused (one too many) or never reached
+        elif counted:
             end = next((i + 1 for i, t in enumerate(tokens) if t.counted == counted and t.status is not SKIPPED),
                        len(tokens))
             tokens = tokens[:end]
@@ -538,6 +542,8 @@ def render(recorder: TokenRecorder, state: StreamState | None = None, *, title: 
         if not kept.stats.tokens and not kept.tokens:
             continue
         choice = _choice_data(kept, state)
+        if not choice["tokens"]:
+            continue
         data["choices"][str(index)] = choice
         shown = kept.tokens[: len(choice["tokens"])]
         fired = [(e.at_token, safe_line(e.trigger, 120)) for e in events if e.choice == index]
@@ -602,9 +608,13 @@ def replay_page(source: bytes | str | Iterable[Any], *, title: str = "livepplx",
     recorder = TokenRecorder(window=state.options.window, max_event_bytes=state.options.max_event_bytes)
     chunks: Iterable[Any] = [source] if isinstance(source, (bytes, str)) else source
     for chunk in chunks:
-        if state.stopped is None:
+        try:
             state.handle(chunk)
-        recorder.feed(chunk)
+        except LivepplxError:
+            pass  # the state keeps the error; the page says it and shows what was counted
+        recorder.feed(chunk)  # the chunk the stream stopped or failed in: its tokens up to there
+        if state.stopped is not None or state.error is not None:
+            break
     state.finish()
     recorder.close()
     return render(recorder, state, title=title)

@@ -331,3 +331,61 @@ def test_chat_local_html_is_the_page_of_its_recording(tmp_path: Path) -> None:
     page = Page(out.read_text())
     assert page.tokens and page.data() == Page(replay_page(record.read_bytes())).data()
     assert all(isinstance(a[0], str) for t in page.data()["choices"]["0"]["tokens"] for a in t["a"])
+
+
+def test_replay_html_onto_its_own_input_is_refused_and_the_input_kept(tmp_path: Path) -> None:
+    recording = tmp_path / "answer.sse"
+    recording.write_bytes(recording_path("unsure-answer").read_bytes())
+    (tmp_path / "link.html").symlink_to(recording)
+    for out in (recording, tmp_path / "link.html", tmp_path / "." / "answer.sse"):
+        result = livepplx("replay", str(recording), "--html", str(out))
+        assert result.returncode == 1 and result.stdout == "", result.stderr
+        assert result.stderr == (f"livepplx: error: cannot write {out}: it is the stream being read "
+                                 "(the page would replace it); name another file\n")
+        assert recording.read_bytes() == recording_path("unsure-answer").read_bytes()
+
+
+def test_chat_html_onto_its_own_record_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "answer.sse"
+    result = livepplx("chat", "hi", "--base-url", "http://127.0.0.1:9/v1", "--record", str(out), "--html", str(out))
+    assert result.returncode == 1 and not out.exists()
+    assert result.stderr == (f"livepplx: error: cannot write {out}: it is the stream being read "
+                             "(the page would replace it); name another file\n")
+
+
+def test_a_stream_that_fails_after_its_tokens_gets_the_page_of_them(tmp_path: Path) -> None:
+    # The error arrives in the same read as the tokens: the page still shows what was counted.
+    out = tmp_path / "p.html"
+    body = sse(chat_event("a", -0.1), chat_event("b", -0.2), {"error": {"message": "boom", "type": "server_error"}})
+    result = livepplx("replay", "-", "--html", str(out), stdin=body)
+    assert result.returncode == 1 and "boom" in result.stderr and "no page" not in result.stderr, result.stderr
+    assert Page(out.read_text()).tokens == ["a", "b"] and "error: boom" in out.read_text()
+
+
+def test_a_choice_the_state_refused_is_not_on_the_page() -> None:
+    # The third choice fails the stream (max_choices 2) in the read that holds all three: the
+    # page shows the two the statistics counted, not one they never saw.
+    events = [chat_event(f"c{i}", -0.1, index=i) for i in range(3)]
+    page = Page(replay_page(sse(*events), max_choices=2))
+    assert sorted(page.data()["choices"]) == ["0", "1"] and page.tokens == ["c0", "c1"]
+
+
+def test_the_pages_tap_closes_the_source_it_wraps() -> None:
+    from livepplx.cli import _Page
+
+    closed = []
+
+    def source() -> Any:
+        try:
+            yield b"data: {}\n\n"
+            yield b"data: {}\n\n"
+        finally:
+            closed.append(True)
+
+    tap = _Page.__new__(_Page)
+    tap.pending = __import__("collections").deque()
+    inner = source()  # held here: its close must come from the wrapper, not from garbage collection
+    wrapped = tap.source(inner)
+    next(wrapped)
+    wrapped.close()  # what a stop does to the stream it watches
+    assert closed == [True]
