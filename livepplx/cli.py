@@ -103,10 +103,11 @@ class _Recording:
         self.settled = False
         self.temp: str | None = None
         try:
-            if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+            if _not_a_file(path):
                 # A device or a pipe (/dev/null, /dev/stdout, a FIFO) is written directly:
                 # there is no file to put in place, and renaming over it would destroy it.
-                self.file = open(target, "wb")  # noqa: SIM115 - closed by keep() or drop()
+                # Opened by its own name: /dev/stdout's realpath names no file when it is a pipe.
+                self.file = open(path, "wb")  # noqa: SIM115 - closed by keep() or drop()
                 return
             fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part", dir=folder)
         except OSError as e:
@@ -150,6 +151,14 @@ class _Recording:
         if self.temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.temp)
+
+
+def _not_a_file(path: str) -> bool:
+    """True when ``path`` (through symlinks) exists and is a device, pipe or socket."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path)
+    except OSError:
+        return False
 
 
 def _new_file_mode(path: str) -> int:
@@ -199,7 +208,8 @@ class _Page:
             # The page is written after the stream is read: it would replace the stream it shows.
             raise _Fail(f"cannot write {path}: it is the stream being read (the page would replace it); "
                         "name another file")
-        _Recording(path, noun="page").drop("a trial")  # raises _Fail (one line, exit 1) if it cannot be written
+        if not _not_a_file(path):  # a FIFO's open would wait for its reader, and a trial would end its input
+            _Recording(path, noun="page").drop("a trial")  # raises _Fail (one line, exit 1) if it cannot be written
         self.recorder = TokenRecorder(state.options.window, state.options.max_event_bytes)
         #: chunks read from the source but not yet fed (one the state refused never reaches feed)
         self.pending: collections.deque[Any] = collections.deque()

@@ -389,3 +389,21 @@ def test_the_pages_tap_closes_the_source_it_wraps() -> None:
     next(wrapped)
     wrapped.close()  # what a stop does to the stream it watches
     assert closed == [True]
+
+
+def test_replay_html_into_a_pipe_or_a_fifo_writes_the_page_once_without_hanging(tmp_path: Path) -> None:
+    import threading
+
+    # /dev/stdout when stdout is a pipe (realpath names no file there), and a named FIFO: the
+    # trial write must not open it (a FIFO's open waits for a reader), the page goes in whole.
+    result = livepplx("replay", str(recording_path("unsure-answer")), "--json", "--html", "/dev/stdout")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("<!DOCTYPE html>") == 1 and result.stdout.endswith("</html>\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = livepplx("replay", str(recording_path("unsure-answer")), "--html", str(fifo))  # timeout=60
+    reader.join(10)
+    assert result.returncode == 0 and got and got[0].startswith(b"<!DOCTYPE html>"), result.stderr
