@@ -45,9 +45,11 @@ if TYPE_CHECKING:
 
 __all__ = ["TokenRecorder", "render", "replay_page", "alternative_texts", "surprisal_colour", "MAX_TOKENS"]
 
-#: Tokens a choice keeps for its page; past it the page says how many it left out (a
-#: page of 100,000 coloured spans is already a heavy one for a browser).
+#: Tokens a page keeps, all its choices together; past it the page says how many it left
+#: out (a page of 100,000 coloured spans is already a heavy one for a browser: 27 MB).
 MAX_TOKENS = 100_000
+#: Choices a page keeps (the state's own default limit); further ones are counted, not kept.
+MAX_CHOICES = 256
 #: The top of the colour scale, in nats: ``p = e^-6``, about 0.0025, and anything less likely.
 MAX_SURPRISAL = 6.0
 
@@ -172,7 +174,8 @@ class TokenRecorder:
     alternatives and the perplexities after it (the same :class:`ChoiceStats` arithmetic).
 
     Memory grows with the answer (the statistics' O(1) does not hold here): at most
-    :data:`MAX_TOKENS` tokens a choice are kept, the rest counted.
+    :data:`MAX_TOKENS` tokens (all choices together) and :data:`MAX_CHOICES` choices are
+    kept, the rest counted.
 
     >>> rec = TokenRecorder()
     >>> rec.feed(b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": '
@@ -183,10 +186,15 @@ class TokenRecorder:
     ('Hi', [('Hi', -0.5), ('Yo', -1.5)], 1.6487)
     """
 
-    def __init__(self, window: int = 64, max_event_bytes: int = MAX_EVENT_BYTES, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(self, window: int = 64, max_event_bytes: int = MAX_EVENT_BYTES, max_tokens: int = MAX_TOKENS,
+                 max_choices: int = MAX_CHOICES) -> None:
         ChoiceStats(window=window)  # the window's own check
         self.window = window
         self.max_tokens = max_tokens
+        self.max_choices = max_choices
+        #: tokens kept, all choices together
+        self.kept = 0
+        self._refused: set[int] = set()
         self.format: str | None = None
         #: choices by index
         self.choices: dict[int, _Choice] = {}
@@ -194,6 +202,11 @@ class TokenRecorder:
         self.unreadable = 0
         self._decoder: StreamDecoder | None = None
         self._max_event_bytes = max_event_bytes
+
+    @property
+    def left_out_choices(self) -> int:
+        """Choices past ``max_choices``: their tokens were read, not kept."""
+        return len(self._refused)
 
     @property
     def has_logprobs(self) -> bool:
@@ -245,12 +258,17 @@ class TokenRecorder:
     def _add(self, token: Token, texts: list[str | None] | None) -> None:
         kept = self.choices.get(token.choice)
         if kept is None:
+            if len(self.choices) >= self.max_choices:
+                if len(self._refused) < 1 << 16:  # counted up to a bound: a hostile stream's indexes cost no more
+                    self._refused.add(token.choice)
+                return
             kept = self.choices[token.choice] = _Choice(token.choice, ChoiceStats(token.choice, window=self.window))
         stats = kept.stats
         stats.update(token)
-        if len(kept.tokens) >= self.max_tokens:
+        if self.kept >= self.max_tokens:
             kept.left_out += 1
             return
+        self.kept += 1
         values = token.alternatives
         names: list[str | None] = list(texts) if texts is not None and len(texts) == len(values) else [None] * len(values)
         alternatives = sorted(zip(names, values), key=lambda a: -a[1])
@@ -542,7 +560,7 @@ def render(recorder: TokenRecorder, state: StreamState | None = None, *, title: 
         if not kept.stats.tokens and not kept.tokens:
             continue
         choice = _choice_data(kept, state)
-        if not choice["tokens"]:
+        if not choice["tokens"] and not kept.left_out:
             continue
         data["choices"][str(index)] = choice
         shown = kept.tokens[: len(choice["tokens"])]
@@ -561,8 +579,8 @@ def render(recorder: TokenRecorder, state: StreamState | None = None, *, title: 
                 if t.counted in fired_at:
                     cls += " fired"
             spans.append(f'<span class="{cls}" tabindex="0" data-c="{index}" data-i="{i}"{style}>{_e(t.text)}</span>')
-        more = (f'<p class="note">{kept.left_out:,} more tokens were read and counted, not shown '
-                f"(a page keeps at most {recorder.max_tokens:,} a choice)</p>") if kept.left_out else ""
+        more = (f'<p class="note">{kept.left_out:,} more token{" was" if kept.left_out == 1 else "s were"} read and counted, not shown '
+                f"(a page keeps at most {recorder.max_tokens:,} tokens, all choices together)</p>") if kept.left_out else ""
         stats = stats_of.get(index) or kept.stats.as_dict()
         fired_lines = "".join(f"<li>{html.escape(name)}: fired at token {at}</li>" for at, name in fired)
         sections.append(
@@ -581,6 +599,10 @@ def render(recorder: TokenRecorder, state: StreamState | None = None, *, title: 
         else:
             meta.append("complete" if summary.get("complete") else "not read to its end")
     meta.append(f"{len(sections)} choice{'s' if len(sections) != 1 else ''}")
+    if recorder.left_out_choices:
+        n = recorder.left_out_choices
+        sections.append(f'<p class="note">{n:,} more choice{" was" if n == 1 else "s were"} read, not shown '
+                        f"(a page keeps at most {recorder.max_choices:,})</p>")
     page_title = html.escape(safe_line(title, 200))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

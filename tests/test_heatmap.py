@@ -407,3 +407,16 @@ def test_replay_html_into_a_pipe_or_a_fifo_writes_the_page_once_without_hanging(
     result = livepplx("replay", str(recording_path("unsure-answer")), "--html", str(fifo))  # timeout=60
     reader.join(10)
     assert result.returncode == 0 and got and got[0].startswith(b"<!DOCTYPE html>"), result.stderr
+
+
+def test_the_cap_bounds_the_whole_page_not_each_choice() -> None:
+    # n choices of a long answer each: the page's memory and size stay bounded by one cap.
+    recorder = TokenRecorder(max_tokens=4, max_choices=2)
+    events = [chat_event(f"{c}.{i}", -0.1, index=c) for i in range(3) for c in range(3)]
+    recorder.feed(sse(*events))
+    assert sum(len(c.tokens) for c in recorder.choices.values()) == 4 and sorted(recorder.choices) == [0, 1]
+    assert recorder.left_out_choices == 1  # its 3 tokens read, not kept: a third ChoiceStats is never made
+    html = render(recorder)
+    assert len(Page(html).tokens) == 4
+    assert html.count("1 more token was read and counted, not shown (a page keeps at most 4 tokens, all") == 2
+    assert "1 more choice was read, not shown (a page keeps at most 2)" in html
