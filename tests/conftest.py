@@ -10,6 +10,12 @@ import pytest
 from livepplx.recordings import RECORDINGS, recording_path
 from livepplx.state import StreamState
 
+# The load test and its upstream run as scripts (python tests/load/run.py), never in the
+# suite: --doctest-modules would import them (the upstream needs aiohttp, LiteLLM's own
+# dependency). Ignored here, not by a conftest of their own: a second module named conftest
+# would shadow this one for every `from conftest import ...` collected after it.
+collect_ignore = ["load"]
+
 SHARED_RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "recordings"
 
 
