@@ -262,21 +262,23 @@ class StreamDecoder:
         start = 0
         if self._partial or self._data or self._name is not None or self._discard:
             start = text.find("\n\n") + 2
-        body = text[start:end]
-        done = body.endswith("data: [DONE]") and (len(body) == 12 or body[-14:-12] == "\n\n")
+        stop = end  # where the run of events ends: offsets, not slices (each a copy of the text)
+        done = text.endswith("data: [DONE]", start, end) and (end - start == 12 or text[end - 14 : end - 12] == "\n\n")
         if done:
-            body = body[:-14]
-        if len(body) > self.max_event_bytes:
+            stop -= 14
+        if stop <= start or stop - start > self.max_event_bytes:
             return False
         # A JSON string never holds a raw line end: "\n\ndata: " is only ever an event's start,
         # and a line end left after the joins is a line of another kind.
-        if body.startswith("data: "):
-            joined = body[6:].replace("\n\ndata: ", ",")
-        elif body.startswith("event: ") and "event: error\n" not in body:
+        if text.startswith("data: ", start):
+            joined = text[start + 6 : stop].replace("\n\ndata: ", ",")
+        elif text.startswith("event: ", start) and text.find("event: error\n", start, stop) < 0:
             # Named events (OpenAI's Responses): the names go, as in feed_values(); an error
             # event's data may need wrapping (_emit), so a text with one is read event by event.
-            cut = body.find("\ndata: ")
-            joined = _NAMED.sub(",", body[cut + 7 :]) if cut > 0 and "\n" not in body[:cut] else "\n"
+            cut = text.find("\ndata: ", start, stop)
+            if cut < 0 or text.find("\n", start, cut) >= 0:
+                return False
+            joined = _NAMED.sub(",", text[cut + 7 : stop])
         else:
             return False
         if "\n" in joined:
