@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 from .tokens import SKIPPED, Token
 
@@ -101,10 +101,11 @@ def _zeros(n: int) -> array[float]:
     return array("d", bytes(8 * n))
 
 
-def _ring(n: int) -> memoryview:
+def _ring(n: int) -> array[float]:
     """:func:`_zeros` seen through a memoryview: an item is stored in fewer instructions
-    than through the array's own ``__setitem__`` (which parses its argument), read alike."""
-    return memoryview(_zeros(n))
+    than through the array's own ``__setitem__`` (which parses its argument), read alike.
+    Typed as the array it views (typeshed gives a memoryview's items as ints only)."""
+    return cast("array[float]", memoryview(_zeros(n)))
 
 
 class RollingMean:
