@@ -50,6 +50,8 @@ __all__ = ["TokenRecorder", "render", "replay_page", "alternative_texts", "surpr
 MAX_TOKENS = 100_000
 #: Choices a page keeps (the state's own default limit); further ones are counted, not kept.
 MAX_CHOICES = 256
+#: How much of a captured stream replay_page reads at a time (the command line's read size).
+_PIECE = 1 << 16
 #: The top of the colour scale, in nats: ``p = e^-6``, about 0.0025, and anything less likely.
 MAX_SURPRISAL = 6.0
 
@@ -249,7 +251,8 @@ class TokenRecorder:
                 tokens = parse_chunk(chunk, self.format).tokens
             except Exception:  # noqa: BLE001 - a chunk the state also cannot read: the state reports it
                 continue
-            texts = alternative_texts(chunk, self.format) if tokens else None
+            # Past the cap the tokens are only counted: their alternatives' names are not read.
+            texts = alternative_texts(chunk, self.format) if tokens and self.kept < self.max_tokens else None
             if texts is not None and len(texts) != len(tokens):
                 texts = None  # a shape this reader does not know: values without names
             for j, token in enumerate(tokens):
@@ -620,15 +623,24 @@ def render(recorder: TokenRecorder, state: StreamState | None = None, *, title: 
     )
 
 
-def replay_page(source: bytes | str | Iterable[Any], *, title: str = "livepplx", **options: Any) -> str:
+def replay_page(source: bytes | str | Iterable[Any], *, title: str = "livepplx", max_tokens: int = MAX_TOKENS,
+                **options: Any) -> str:
     """The page of a whole captured stream (raw bytes or text, or an iterable of chunks),
-    read by a :class:`~livepplx.state.StreamState` with ``options`` (its keywords)."""
+    read by a :class:`~livepplx.state.StreamState` with ``options`` (its keywords); the page
+    keeps at most ``max_tokens`` tokens (:class:`TokenRecorder`)."""
     from .state import StreamState
 
     options.setdefault("on_missing_logprobs", "ignore")
     state = StreamState(**options)
-    recorder = TokenRecorder(window=state.options.window, max_event_bytes=state.options.max_event_bytes)
-    chunks: Iterable[Any] = [source] if isinstance(source, (bytes, str)) else source
+    recorder = TokenRecorder(window=state.options.window, max_event_bytes=state.options.max_event_bytes,
+                             max_tokens=max_tokens, max_choices=state.options.max_choices)
+    # Bytes are read in pieces, as the command line reads a file: decoding every event at
+    # once would hold them all (a 1,000,000-token capture: gigabytes) past the cap.
+    chunks: Iterable[Any]
+    if isinstance(source, bytes):
+        chunks = (source[i:i + _PIECE] for i in range(0, len(source), _PIECE))
+    else:
+        chunks = [source] if isinstance(source, str) else source
     for chunk in chunks:
         try:
             state.handle(chunk)
