@@ -3,17 +3,17 @@
     python docs/page_size.py 50 10000 100000 1000000
 
 Each answer is a chat stream (one token an event, two listed alternatives a token), made
-here and read by ``livepplx.heatmap.replay_page``; CPU time is the process's, memory the
-growth of its peak RSS (Linux), so run one length a process for the memory of that length.
+here and read by ``livepplx.heatmap.replay_page``: once for the CPU time, once under
+tracemalloc for the peak of Python's allocations (the stream's own bytes not counted).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import resource
 import sys
 import time
+import tracemalloc
 
 from livepplx.heatmap import replay_page
 
@@ -33,12 +33,14 @@ def stream(n: int) -> bytes:
 def main() -> None:
     for n in [int(a) for a in sys.argv[1:]] or [50, 10_000]:
         data = stream(n)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start = time.process_time()
-        page = replay_page(data)
+        size = len(replay_page(data).encode())
         cpu = time.process_time() - start
-        grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-        print(f"{n:>9,} tokens: page {len(page.encode()) / 2**20:7.2f} MiB, {cpu:6.2f} s CPU, peak RSS +{grew:,.0f} MiB")
+        tracemalloc.start()
+        replay_page(data)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        print(f"{n:>9,} tokens: page {size / 2**20:6.2f} MiB, {cpu:5.2f} s CPU, peak memory {peak:5.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,11 @@ def _get(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
+def _seq(value: Any) -> list[Any] | tuple[Any, ...]:
+    """``value`` if it is a list (a server's wrong type, a number or an object, reads as none)."""
+    return value if isinstance(value, (list, tuple)) else ()
+
+
 def _listed(tops: Any, key: str, prob: bool) -> list[str | None]:
     """The texts of the alternatives the value policy keeps, in their order."""
     if not isinstance(tops, (list, tuple)):
@@ -130,7 +135,7 @@ def alternative_texts(chunk: Any, fmt: str) -> list[list[str | None]] | None:
     page then shows the alternatives' probabilities without their text)."""
     if fmt in ("openai-chat", "openai-completions"):
         out: list[list[str | None]] = []
-        for choice in _get(chunk, "choices") or ():
+        for choice in _seq(_get(chunk, "choices")):
             logprobs = _get(choice, "logprobs")
             if logprobs is None:
                 continue
@@ -141,7 +146,7 @@ def alternative_texts(chunk: Any, fmt: str) -> list[list[str | None]] | None:
                     out += _entry_texts(entries)
                     found = True
             if not found and isinstance(_get(logprobs, "token_logprobs"), (list, tuple)):
-                tops = _get(logprobs, "top_logprobs") or ()
+                tops = _seq(_get(logprobs, "top_logprobs"))
                 for j in range(len(_get(logprobs, "token_logprobs"))):
                     top = tops[j] if j < len(tops) else None
                     out.append([k for k, v in top.items() if (lp := as_logprob(v)) is not None
@@ -149,21 +154,30 @@ def alternative_texts(chunk: Any, fmt: str) -> list[list[str | None]] | None:
         return out
     if fmt == "llamacpp-native":
         return _entry_texts(_get(chunk, "completion_probabilities"))
+    if fmt == "openai-responses" and _get(chunk, "object") == "response":
+        # A whole Response: the output_text parts of its messages, in parse_chunk's order.
+        out = []
+        for item in _seq(_get(chunk, "output")):
+            if _get(item, "type") == "message":
+                for part in _seq(_get(item, "content")):
+                    if _get(part, "type") == "output_text":
+                        out += _entry_texts(_get(part, "logprobs"))
+        return out
     if fmt in ("ollama", "openai-responses"):
         return _entry_texts(_get(chunk, "logprobs"))
     if fmt == "tgi":
         if _get(chunk, "token") is not None:
             return [_listed(_get(chunk, "top_tokens"), "logprob", False)]
         details = _get(chunk, "details")
-        tops = _get(details, "top_tokens") or ()
+        tops = _seq(_get(details, "top_tokens"))
         return [_listed(tops[j] if j < len(tops) else (), "logprob", False)
-                for j in range(len(_get(details, "tokens") or ()))]
+                for j in range(len(_seq(_get(details, "tokens"))))]
     if fmt == "gemini":
         out = []
-        for candidate in _get(chunk, "candidates") or ():
+        for candidate in _seq(_get(chunk, "candidates")):
             result = _get(candidate, "logprobsResult")
-            tops = _get(result, "topCandidates") or ()
-            for j in range(len(_get(result, "chosenCandidates") or ())):
+            tops = _seq(_get(result, "topCandidates"))
+            for j in range(len(_seq(_get(result, "chosenCandidates")))):
                 out.append(_listed(_get(tops[j], "candidates") if j < len(tops) else (), "logProbability", False))
         return out
     return None

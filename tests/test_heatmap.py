@@ -440,3 +440,55 @@ def test_a_long_captured_stream_is_read_in_pieces_its_memory_bounded_by_the_cap(
 def test_an_empty_html_path_is_a_usage_error_not_a_silent_no_page() -> None:
     result = livepplx("replay", str(recording_path("unsure-answer")), "--html", "")
     assert result.returncode == 2 and "--html" in result.stderr and result.stdout == ""
+
+
+def test_a_whole_responses_object_has_its_alternatives_named() -> None:
+    data = (Path(__file__).parent / "fixtures" / "responses.json").read_bytes()
+    tokens = Page(replay_page(data)).data()["choices"]["0"]["tokens"]
+    assert [a[0] for a in tokens[0]["a"]] == ["Hi", "Hello"] and tokens[0]["r"] == 1
+
+
+def _fixture_objects() -> list[Any]:
+    found: list[Any] = []
+    for path in sorted((Path(__file__).parent / "fixtures").iterdir()):
+        if path.suffix == ".json":
+            found.append(json.loads(path.read_text()))
+        elif path.suffix in (".sse", ".ndjson"):
+            for line in path.read_text().splitlines():
+                line = line.removeprefix("data:").strip()
+                if line.startswith("{"):
+                    found.append(json.loads(line))
+    return found
+
+
+FIXTURE_OBJECTS = _fixture_objects()
+WRONG = st.sampled_from([None, 5, -1.5, "s", [], {}, [1], {"a": 1}, True, math.nan, math.inf, -1e308, [None],
+                         [{}], [[1]], "</script>"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(range(len(FIXTURE_OBJECTS))), st.lists(st.tuples(st.integers(0, 10**6), WRONG), min_size=1,
+                                                             max_size=3))
+def test_wrong_json_types_anywhere_in_a_chunk_never_break_the_page(which: int, changes: list[tuple[int, Any]]) -> None:
+    import copy
+
+    chunk = copy.deepcopy(FIXTURE_OBJECTS[which])
+    for at, value in changes:  # replace the at-th node (depth first) by a value of a wrong type
+        places: list[tuple[Any, Any]] = []
+
+        def walk(node: Any) -> None:
+            for key, child in (node.items() if isinstance(node, dict) else enumerate(node)):
+                places.append((node, key))
+                if isinstance(child, (dict, list)):
+                    walk(child)
+
+        walk(chunk)
+        if places:
+            node, key = places[at % len(places)]
+            node[key] = copy.deepcopy(value)
+    for fed in (chunk, json.dumps(chunk).encode() + b"\n\n"):
+        recorder = TokenRecorder()
+        recorder.feed(fed)
+        recorder.close()
+        if recorder.has_logprobs:
+            Page(render(recorder))
