@@ -472,19 +472,18 @@ WRONG = st.sampled_from([None, 5, -1.5, "s", [], {}, [1], {"a": 1}, True, math.n
 def test_wrong_json_types_anywhere_in_a_chunk_never_break_the_page(which: int, changes: list[tuple[int, Any]]) -> None:
     import copy
 
+    def places(node: Any) -> list[tuple[Any, Any]]:
+        found = []
+        for key, child in (node.items() if isinstance(node, dict) else enumerate(node)):
+            found.append((node, key))
+            if isinstance(child, (dict, list)):
+                found += places(child)
+        return found
+
     chunk = copy.deepcopy(FIXTURE_OBJECTS[which])
     for at, value in changes:  # replace the at-th node (depth first) by a value of a wrong type
-        places: list[tuple[Any, Any]] = []
-
-        def walk(node: Any) -> None:
-            for key, child in (node.items() if isinstance(node, dict) else enumerate(node)):
-                places.append((node, key))
-                if isinstance(child, (dict, list)):
-                    walk(child)
-
-        walk(chunk)
-        if places:
-            node, key = places[at % len(places)]
+        if found := places(chunk):
+            node, key = found[at % len(found)]
             node[key] = copy.deepcopy(value)
     for fed in (chunk, json.dumps(chunk).encode() + b"\n\n"):
         recorder = TokenRecorder()
