@@ -72,7 +72,8 @@ def text_histogram(scores: Values, correct: Labels, calibration: CarCalibration 
     counts_good = np.histogram(x[good & inside], edges)[0]
     counts_bad = np.histogram(x[~good & inside], edges)[0]
     top = max(int(counts_good.max()), int(counts_bad.max()), 1)
-    label_width = max(len(f"{a:.3f}-{b:.3f}") for a, b in zip(edges, edges[1:]))
+    names = _edge_names(edges)
+    label_width = max(len(f"{a}-{b}") for a, b in zip(names, names[1:]))
 
     count_width = len(str(top))
     column = max(width + count_width + 3, len("incorrect (=)") + 2)
@@ -85,7 +86,7 @@ def text_histogram(scores: Values, correct: Labels, calibration: CarCalibration 
             + ("escalates" if calibration is not None else ""))
     lines = [head.rstrip()]
     for i, (a, b) in enumerate(zip(edges, edges[1:])):
-        row = f"{f'{a:.3f}-{b:.3f}'.ljust(label_width)}  {bar(int(counts_good[i]), '#')}{bar(int(counts_bad[i]), '=')}"
+        row = f"{f'{names[i]}-{names[i + 1]}'.ljust(label_width)}  {bar(int(counts_good[i]), '#')}{bar(int(counts_bad[i]), '=')}"
         if calibration is not None:
             row += "yes" if calibration.escalate((a + b) / 2) else ""
         lines.append(row.rstrip())
@@ -93,6 +94,29 @@ def text_histogram(scores: Values, correct: Labels, calibration: CarCalibration 
     if beyond:
         lines.append(f"({beyond} answer{'s' if beyond != 1 else ''} outside {lo:.3f}-{hi:.3f} not shown)")
     return "\n".join(lines)
+
+
+def _edge_names(edges: np.ndarray) -> list[str]:
+    """The bins' edges as text, each told apart from the next: three decimals where they
+    do (perplexities), more where the scores are close, significant digits when huge or tiny.
+
+    >>> _edge_names(np.array([1.0, 1.5, 2.0])), _edge_names(np.array([1.0, 1.0000000005, 1.000000001]))
+    (['1.000', '1.500', '2.000'], ['1.0000000000', '1.0000000005', '1.0000000010'])
+    >>> _edge_names(np.array([1e40, 2e40]))
+    ['1e+40', '2e+40']
+    """
+    values = [float(e) for e in edges]
+    texts: list[str] = []
+    if all(1e-3 <= abs(v) < 1e6 or v == 0 for v in values):
+        for digits in range(3, 13):
+            texts = [f"{v:.{digits}f}" for v in values]
+            if len(set(texts)) == len(texts):
+                return texts
+    for digits in range(4, 18):
+        texts = [f"{v:.{digits}g}" for v in values]
+        if len(set(texts)) == len(texts):
+            break
+    return texts
 
 
 def roc_curve(scores: Values, correct: Labels) -> tuple[np.ndarray, np.ndarray]:

@@ -173,3 +173,14 @@ def test_calibrate_plot_without_matplotlib_says_what_to_install(
     assert main(["calibrate", str(rows_file(tmp_path, PPL, OK)), "--plot", str(out)]) == 1
     assert capsys.readouterr().err == "livepplx: error: --plot needs matplotlib: pip install 'livepplx[plot]'\n"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1.0, 1e7, 1e40])
+def test_text_histogram_labels_tell_every_bin_apart_at_any_scale(scale: float) -> None:
+    # Scores 1 apart in 1e-9 (near 1) or in the 1e40s: each bin's label is its own, and short.
+    base = 1.0 if scale < 1 else 0.0
+    scores = [base + scale * v for v in (1.0, 1.2, 1.3, 1.5, 2.6, 3.0, 3.3, 3.9)]
+    labels = [True] * 4 + [False] * 4
+    rows = text_histogram(scores, labels, bins=6).splitlines()[1:]
+    names = [row.split()[0] for row in rows]
+    assert len(set(names)) == 6 and all(len(name) <= 25 for name in names), names
