@@ -40,7 +40,8 @@ def main() -> None:
         replay_page(data)
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
-        print(f"{n:>9,} tokens: page {size / 2**20:6.2f} MiB, {cpu:5.2f} s CPU, peak memory {peak:5.0f} MiB")
+        shown = f"{size / 2**20:6.2f} MiB" if size >= 2**20 else f"{size / 2**10:6.1f} KiB"
+        print(f"{n:>9,} tokens: page {shown}, {cpu:6.3f} s CPU, peak memory {peak:5.0f} MiB")
 
 
 if __name__ == "__main__":
