@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -162,6 +163,7 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.streams <= 5000 or not 1 <= args.tokens <= 1000:
         parser.error("--streams from 1 to 5,000 and --tokens from 1 to 1,000: the test stays bounded")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the proxy and upstream are stopped too
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.streams + 256)), hard))
 
@@ -174,7 +176,11 @@ def main() -> int:
                                      str(args.tokens), "--pace", str(args.pace)], stdout=up_log, stderr=subprocess.STDOUT)
         try:
             wait_ready(f"http://127.0.0.1:{up_port}/v1/models", upstream, tmp / "upstream.log", 30)
-            env = {"UPSTREAM_BASE_URL": f"http://127.0.0.1:{up_port}/v1"}
+            # LiteLLM opens at most 500 connections to one upstream host by default
+            # (AIOHTTP_CONNECTOR_LIMIT_PER_HOST): past that, streams wait for a connection.
+            limit = str(args.streams + 100)
+            env = {"UPSTREAM_BASE_URL": f"http://127.0.0.1:{up_port}/v1", "AIOHTTP_CONNECTOR_LIMIT": limit,
+                   "AIOHTTP_CONNECTOR_LIMIT_PER_HOST": limit}
             bare = tmp / "without"
             bare.mkdir()
             (bare / "config.yaml").write_text(WITHOUT)
@@ -187,7 +193,8 @@ def main() -> int:
             for name, config, ask in plan:
                 with start_proxy(config, tmp / f"proxy-{name}.log", env) as p:
                     url = p.base_url + "/chat/completions"
-                    asyncio.run(phase(url, p.key, p.process.pid, args.warmup, args.tokens, args.pace, 0, 60, ask))
+                    warm = args.tokens * args.pace + 30  # the warm-up streams run to their end
+                    asyncio.run(phase(url, p.key, p.process.pid, args.warmup, args.tokens, args.pace, 0, warm, ask))
                     results[name] = asyncio.run(phase(url, p.key, p.process.pid, args.streams, args.tokens, args.pace,
                                                       args.ramp, args.phase_timeout, ask))
                     if name == "with":
