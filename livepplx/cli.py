@@ -201,7 +201,7 @@ class _Page:
     FILE is refused before the stream is read (a trial file made and removed beside it)."""
 
     def __init__(self, path: str, state: StreamState, source: str | None = None) -> None:
-        from .heatmap import TokenRecorder
+        from . import heatmap
 
         self.path = path
         if source is not None and source != "-" and _same_file(path, source):
@@ -210,7 +210,8 @@ class _Page:
                         "name another file")
         if not _not_a_file(path):  # a FIFO's open would wait for its reader, and a trial would end its input
             _Recording(path, noun="page").drop("a trial")  # raises _Fail (one line, exit 1) if it cannot be written
-        self.recorder = TokenRecorder(state.options.window, state.options.max_event_bytes)
+        self.recorder = heatmap.TokenRecorder(state.options.window, state.options.max_event_bytes,
+                                              max_tokens=heatmap.MAX_TOKENS, max_choices=state.options.max_choices)
         #: chunks read from the source but not yet fed (one the state refused never reaches feed)
         self.pending: collections.deque[Any] = collections.deque()
 
@@ -251,6 +252,11 @@ class _Page:
             out.drop("it could not be written")
             raise
         out.keep()
+        left_out = sum(c.left_out for c in self.recorder.choices.values())
+        if left_out:  # a 27 MB page of a long answer is not all of it: said where the command is run
+            cap = self.recorder.max_tokens
+            _say(f"{self.path} shows the first {cap:,} tokens; {left_out:,} more were read and counted, "
+                 f"not shown (a page keeps at most {cap:,})")
         return code
 
 

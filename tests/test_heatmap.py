@@ -491,3 +491,15 @@ def test_wrong_json_types_anywhere_in_a_chunk_never_break_the_page(which: int, c
         recorder.close()
         if recorder.has_logprobs:
             Page(render(recorder))
+
+
+def test_replay_html_says_on_stderr_when_the_page_left_tokens_out(tmp_path: Path, monkeypatch: Any,
+                                                                  capsys: Any) -> None:
+    from livepplx.cli import main
+
+    monkeypatch.setattr(heatmap, "MAX_TOKENS", 5)
+    out = tmp_path / "p.html"
+    assert main(["replay", str(recording_path("unsure-answer")), "--json", "--html", str(out)]) == 0
+    assert capsys.readouterr().err == (f"livepplx: {out} shows the first 5 tokens; 9 more were read and counted, "
+                                       "not shown (a page keeps at most 5)\n")
+    assert len(Page(out.read_text()).tokens) == 5
