@@ -616,6 +616,8 @@ class DeepConfRun:
             message = f"{type(error).__name__}: {error}".rstrip(": ")
         elif failed and stream is not None:
             message = stream.state.error
+        elif stats is None and stream is not None and not self.cancelled and len(request.slots) > 1:
+            failed, message = True, f"the server sent no choice {choice} (does it take n > 1?)"
         answer, extract_error = (None, None) if pruned or failed else self._extract(text)
         threshold = self.threshold
         if self.cancelled and not ended and not pruned:

@@ -358,3 +358,10 @@ def test_a_run_hands_out_the_warmup_first_and_holds_the_rest() -> None:
     assert [r.status for r in run.rows()] == ["running"] * 3
     with pytest.raises(TypeError, match="takes the prompt as a string"):
         DeepConfPlan("m", endpoint="completions").start([{"role": "user", "content": "q"}])
+
+
+def test_a_server_that_ignores_n_shows_as_failed_traces_not_empty_answers() -> None:
+    with PacedSSEServer(scripted(lambda i: (steady(3.0), "7"))) as server:  # one choice, whatever n says
+        result = DeepConfVoter(client_of(server), "m", warmup=2, traces=0, n=2, group_window=4)("q")
+    assert [t.answer for t in result.traces] == ["7", None] and result.count("failed") == 1
+    assert result.traces[1].excluded == "failed: the server sent no choice 1 (does it take n > 1?)"
