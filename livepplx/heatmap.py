@@ -413,7 +413,7 @@ function fmt(x,d){return x===null||x===undefined?"-":x.toFixed(d);}
 function prob(lp){if(lp===null)return "-";var p=Math.exp(lp);return p>=0.001?p.toFixed(4):p.toExponential(2);}
 function cell(tr,text,cls){var td=document.createElement("td");td.textContent=text;if(cls)td.className=cls;tr.appendChild(td);return td;}
 function show(el){
-  var c=data.choices[+el.getAttribute("data-c")],t=c.tokens[+el.getAttribute("data-i")];
+  var c=data.choices[el.getAttribute("data-c")],t=c.tokens[+el.getAttribute("data-i")];
   while(tip.firstChild)tip.removeChild(tip.firstChild);
   var head=document.createElement("div");
   var tt=document.createElement("span");tt.className="tt";tt.textContent=t.t;head.appendChild(tt);

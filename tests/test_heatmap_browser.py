@@ -123,3 +123,12 @@ def test_two_choices_two_sections_each_hoverable(browser: Browser, tmp_path: Pat
     assert page.errors == [] and page.evaluate("document.querySelectorAll('section').length") == 2
     page.hover(*token_centre(page, 6))  # the first token of choice 1 (choice 0 ends with an empty one)
     assert tip(page)["rows"] == ["r", "b0 "]
+
+
+def test_a_choice_index_past_javascripts_integers_still_shows_its_tip(browser: Browser, tmp_path: Path) -> None:
+    # +"9007199254740993" is 9007199254740992 and +"1" + 30 zeros is 1e+30: the data's keys are text.
+    for index in (2**53 + 1, 10**30):
+        page = load(browser, tmp_path, replay_page(sse(chat_event("a", -0.5, index=index, tops=[("a", -0.5)]),
+                                                       chat_event("b", -0.5, index=index, finish="stop"))))
+        page.hover(*token_centre(page, 0))
+        assert page.errors == [] and tip(page)["visible"] and tip(page)["rows"] == ["a"]
