@@ -365,3 +365,23 @@ def test_a_server_that_ignores_n_shows_as_failed_traces_not_empty_answers() -> N
         result = DeepConfVoter(client_of(server), "m", warmup=2, traces=0, n=2, group_window=4)("q")
     assert [t.answer for t in result.traces] == ["7", None] and result.count("failed") == 1
     assert result.traces[1].excluded == "failed: the server sent no choice 1 (does it take n > 1?)"
+
+
+def test_the_measurement_script_runs_its_methods_on_one_question(tmp_path: Any) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "deepconf_vote.py"
+    spec = importlib.util.spec_from_file_location("deepconf_vote", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with PacedSSEServer(scripted(lambda i: (steady(3.0 + i % 3), "7" if i % 4 else "8"))) as server:
+        measured = module.run(client_of(server), [{"question": "q", "answer": "7"}], 2, 2, model="m", concurrency=2,
+                              group_window=4, max_tokens=16, temperature=0.8, top_logprobs=5)
+        body = server.served[0].body
+    assert body["prompt"].endswith("Q: q\nA:") and body["stop"] == module.STOP and body["logprobs"] == 5
+    (row,) = measured["rows"]
+    assert len(row["full"]["traces"]) == 4 and row["full"]["majority"] == "7" and row["full"]["single"] == "8"
+    assert [line["method"] for line in measured["summary"]][2] == "majority vote over K=4"
+    assert all(len(row[name]["traces"]) == 4 for name in ("deepconf_low", "deepconf_high"))
