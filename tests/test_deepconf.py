@@ -377,7 +377,7 @@ def test_the_measurement_script_runs_its_methods_on_one_question(tmp_path: Any) 
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     with PacedSSEServer(scripted(lambda i: (steady(3.0 + i % 3), "7" if i % 4 else "8"))) as server:
-        measured = module.run(client_of(server), [{"question": "q", "answer": "7"}], 2, 2, model="m", concurrency=2,
+        measured = module.run(client_of(server), [{"question": "q", "answer": "7"}], 2, 2, model="m", concurrency=1,
                               group_window=4, max_tokens=16, temperature=0.8, top_logprobs=5)
         body = server.served[0].body
     assert body["prompt"].endswith("Q: q\nA:") and body["stop"] == module.STOP and body["logprobs"] == 5
