@@ -127,8 +127,8 @@ def test_a_trace_whose_group_confidence_drops_is_closed_at_once() -> None:
     online = result.traces[4:]
     assert all(t.pruned and t.stopped and t.pruned_at == 9 and t.tokens == 9 and not t.voted for t in online)
     assert all(t.excluded == "pruned at token 9" and t.answer is None for t in online)
-    for s in served[4:]:  # the server saw the client go: a few events past the stop, not 200
-        assert s.client_left and s.written <= 9 + 3, s.written
+    for s in served[4:]:  # the server saw the client go: soon after the stop (9 tokens), not after 200
+        assert s.client_left and s.written < 60, s.written
     assert all(s.written == 10 + 2 for s in served[:4])  # the warm-up ran in full (10 tokens, end, [DONE])
     assert result.count("pruned") == 2 and result.tokens == 4 * 10 + 2 * 9
     # Against all in full: the two pruned traces are estimated at the mean finished length (10).
@@ -180,7 +180,7 @@ def test_async_prunes_votes_and_stops_at_consensus_alike() -> None:
 
     result, served = asyncio.run(vote())
     pruned = result.traces[4]
-    assert pruned.pruned and pruned.stopped and pruned.tokens == 9 and served[4].client_left and served[4].written <= 12
+    assert pruned.pruned and pruned.stopped and pruned.tokens == 9 and served[4].client_left and served[4].written < 60
     assert result.answer == "7" and result.weights == pytest.approx({"7": 12.0, "6": 10.0})
     traces_seen: list[Trace] = []
 
@@ -227,13 +227,13 @@ def test_an_extractor_that_raises_or_returns_junk_is_a_counted_skip() -> None:
 
 
 def test_a_server_without_logprobs_fails_at_once_and_closes_the_others() -> None:
-    with PacedSSEServer(scripted(lambda i: ([None] * 300, "7")), interval=0.005) as server:
+    with PacedSSEServer(scripted(lambda i: ([None] * 1000, "7")), interval=0.005) as server:
         started = time.monotonic()
         with pytest.raises(NoLogprobsError):
             DeepConfVoter(client_of(server), "m", warmup=4, traces=4, group_window=4, concurrency=3)("q")
-        assert time.monotonic() - started < 1.0  # not 300 tokens x 5 ms
+        assert time.monotonic() - started < 2.5  # not 1000 tokens x 5 ms
         served = [server.wait(i) for i in range(len(server.served))]
-    assert len(served) == 3 and all(s.written < 300 for s in served)
+    assert len(served) == 3 and all(s.client_left and s.written < 500 for s in served)
 
 
 def test_a_callback_that_raises_is_named_and_closes_every_stream() -> None:
@@ -259,8 +259,8 @@ def test_ctrl_c_closes_every_running_trace() -> None:
         served = [server.wait(i) for i in range(len(server.served))]
     assert len(served) == 3  # the online traces were never launched
     for s in served:  # each stopped writing right after the interrupt: 400 tokens would be 2 s
-        assert s.client_left and s.ended is not None and s.ended - interrupted < 0.2
-        assert server.written_after(served.index(s), interrupted + 0.05) == 0
+        assert s.client_left and s.ended is not None and s.ended - interrupted < 0.5
+        assert server.written_after(served.index(s), interrupted + 0.3) == 0
 
 
 def test_cancelling_the_async_vote_closes_every_running_trace() -> None:
@@ -278,7 +278,7 @@ def test_cancelling_the_async_vote_closes_every_running_trace() -> None:
         served = [server.wait(i) for i in range(len(server.served))]
     assert len(served) == 3
     for s in served:  # closed before the cancellation reached the caller
-        assert s.client_left and s.ended is not None and s.ended - cancelled < 0.1
+        assert s.client_left and s.ended is not None and s.ended - cancelled < 0.5
 
 
 # -- n > 1 ----------------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_n_choices_are_judged_together_one_close_ends_them_all() -> None:
     assert t[3].pruned and t[3].pruned_at == 7 and t[3].tokens == 30 and not t[3].voted
     assert served[1].written >= 60
     assert t[4].pruned and t[5].pruned and t[4].stopped and t[5].stopped
-    assert served[2].client_left and served[2].written < 2 * 12
+    assert served[2].client_left and served[2].written < 120  # of 400 tokens
     assert result.tokens_after_prune == 30 - 7 + (t[4].tokens - 7) + (t[5].tokens - 7)
     assert result.answer == "6"
 
