@@ -251,6 +251,9 @@ class StreamState:
         self.error: str | None = None
         #: the message of the server's own error event, if it sent one
         self.server_error: str | None = None
+        #: chunks that came after the server's error event: not counted (the answer had
+        #: failed; what follows an error is no part of it), only counted here
+        self.after_error = 0
         #: True when the stream ended without its end (see the module's rules)
         self.truncated = False
         #: True when nothing in it could be read: no known format, or every entry malformed
@@ -331,6 +334,9 @@ class StreamState:
             if isinstance(chunk, str):
                 return self._handle_raw(chunk if chunk.endswith("\n") else chunk + "\n")
             return self._handle_raw(chunk)
+        if self.server_error is not None:
+            self.after_error += 1  # what follows a server's error event is no part of the answer
+            return []
         return self._handle_object(chunk)
 
     def finish(self) -> None:
@@ -396,7 +402,7 @@ class StreamState:
             raise
         if not self.triggers and not self._token_hooks and self.format is not None:
             return self._handle_batch(values)
-        if len(values) == 1 and type(values[0]) is not list:
+        if len(values) == 1 and type(values[0]) is not list and self.server_error is None:
             return self._handle_object(values[0])
         return self._handle_values(values)
 
@@ -407,6 +413,9 @@ class StreamState:
             for data in value if type(value) is list else (value,):
                 if self.stopped is not None:
                     return tokens
+                if self.server_error is not None:
+                    self.after_error += 1
+                    continue
                 tokens += self._handle_object(data)
         return tokens
 
@@ -421,8 +430,12 @@ class StreamState:
         choices = self.choices
         ended = self.ended
         fast = 0  # chunks read by `read`, counted once
+        events = iter(values)
+        if self.server_error is not None:
+            self.after_error += len(values)  # see handle(): what follows an error is not counted
+            return batch
         try:
-            for data in values:
+            for data in events:
                 if read is not None:
                     # A typed struct of the common shape: its tokens straight into the batch
                     marks = read(data, batch, choices)
@@ -433,6 +446,9 @@ class StreamState:
                         continue
                 for item in data if type(data) is list else (data,):
                     self._handle_object(item, batch)
+                if self.server_error is not None:  # only this slow path can find one
+                    self.after_error += sum(1 for _ in events)
+                    break
         finally:
             self.chunks += fast
             self._count(batch)
@@ -728,4 +744,5 @@ class StreamState:
             "malformed": self.malformed,
             "unrecognized": self.unrecognized,
             "skipped_events": self.skipped_events,
+            "after_error": self.after_error,
         }

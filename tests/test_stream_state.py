@@ -353,3 +353,29 @@ def test_a_chunk_that_is_a_huge_integer_is_described_not_a_value_error() -> None
     state.handle(10**5000)
     state.finish()
     assert state.unreadable and state.error is not None and "int of" in state.error
+
+
+@pytest.mark.parametrize("watched", [False, True], ids=["batch", "per-token"])
+@pytest.mark.parametrize("split", ["one read", "per event", "every 7 bytes", "decoded"])
+def test_nothing_after_a_server_error_event_is_counted(watched: bool, split: str) -> None:
+    # A server that sends tokens after its error event: the answer had failed there; the
+    # later chunks are counted in after_error, never as tokens of the answer (it read "alate").
+    events = [token_event("a", -1.0), sse({"error": {"message": "boom"}}, done=False),
+              token_event("late", -2.0), token_event("x", -0.5), sse(done=True)]
+    state = StreamState(stop_above=1e9) if watched else StreamState()
+    data = b"".join(events)
+    if split == "one read":
+        state.handle(data)
+    elif split == "per event":
+        for event in events:
+            state.handle(event)
+    elif split == "every 7 bytes":
+        for i in range(0, len(data), 7):
+            state.handle(data[i:i + 7])
+    else:
+        for event in events[:-1]:
+            state.handle(json.loads(event[len(b"data: "):]))
+    state.finish()
+    assert state.tokens == 1 and state.text() == "a" and state.ppl == pytest.approx(math.e)
+    assert state.server_error == "boom" and state.error is not None and "boom" in state.error
+    assert state.after_error == 2 and state.summary()["after_error"] == 2
