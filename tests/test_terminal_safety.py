@@ -170,7 +170,8 @@ def test_chat_echoes_the_answer_as_data(hostile: _Serve, capsys: pytest.CaptureF
 
 def test_chat_on_a_terminal_shows_markup_in_the_model_name_as_typed(
         hostile: _Serve, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # Rich draws the live gauge on the captured stdout
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # Rich (14+) draws the live gauge on the captured stdout
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as Rich 13 is told the same (livepplx takes rich>=13)
     monkeypatch.setenv("COLUMNS", "120")
     model = "[/][bold red]gemma\x1b]0;x\x07"
     assert main(["chat", "hi", "--base-url", hostile.url, "--model", model, "--api-key", "k"]) == 0
