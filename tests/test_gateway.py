@@ -222,14 +222,168 @@ def test_an_upstream_that_ignores_logprobs_is_passed_through_counted_and_logged_
     assert "the upstream ignored the request" in lines[0]
 
 
-def test_legacy_completions_are_watched_unscored_and_not_asked(callback: LivepplxCallback,
-                                                                registry: CollectorRegistry) -> None:
+class Logging:
+    """LiteLLM's per-request logging object, as far as the tap uses it (an attribute holder)."""
+
+
+class TextStream:
+    """LiteLLM's /v1/completions stream as the hook sees it: per upstream chunk, LiteLLM's
+    ``CustomStreamWrapper`` (here ``source``) runs ``handle_openai_text_completion_chunk`` on the
+    upstream's own chunk (the tap's place), then the client's chunk comes out without logprobs."""
+
+    def __init__(self, logprobs: list[float], logging_obj: Logging) -> None:
+        from types import SimpleNamespace
+
+        self.logprobs = logprobs
+        self.source = SimpleNamespace(logging_obj=logging_obj, closed_at=None)
+        self.sent = 0
+
+        async def aclose() -> None:
+            self.source.closed_at = self.sent
+        self.source.aclose = aclose
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._gen()
+
+    async def _gen(self) -> AsyncIterator[Any]:
+        from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+        from openai._models import construct_type  # how the SDK builds a streamed chunk: not validated
+        from openai.types import Completion
+
+        n = len(self.logprobs)
+        for i in range(n + 1):
+            if self.source.closed_at is not None:
+                return
+            finish = "length" if i == n else None
+            raw = construct_type(type_=Completion, value={
+                "id": "t", "object": "text_completion", "created": 1, "model": "local",
+                "choices": [{"index": 0, "text": "" if finish else f" w{i}", "finish_reason": finish,
+                             "logprobs": None if finish else {"content": [
+                                 {"token": f" w{i}", "logprob": self.logprobs[i], "bytes": None,
+                                  "top_logprobs": [{"token": f" w{i}", "logprob": self.logprobs[i]}]}]}}]})
+            CustomStreamWrapper.handle_openai_text_completion_chunk(self.source, raw)  # type: ignore[arg-type]
+            self.sent += 1
+            yield TextCompletionResponse(id="t", object="text_completion", created=1, model="local",
+                                         choices=[{"index": 0, "text": None if finish else f" w{i}",
+                                                   "logprobs": None, "finish_reason": finish}])
+
+
+def completions(values: list[float], callback: LivepplxCallback, **extra: Any) -> tuple[dict[str, Any], list[Any],
+                                                                                          TextStream]:
+    logging_obj = Logging()
+    data = {"model": "local", "stream": True, "prompt": "hi", "metadata": {}, "litellm_logging_obj": logging_obj,
+            **extra}
+
+    async def go() -> tuple[dict[str, Any], list[Any], TextStream]:
+        prepared = await callback.async_pre_call_hook(None, None, data, "atext_completion")
+        stream = TextStream(values, logging_obj)
+        out = [c async for c in callback.async_post_call_streaming_iterator_hook(None, stream, prepared)]
+        return prepared, out, stream
+    return asyncio.run(go())
+
+
+def test_legacy_completions_are_scored_from_the_upstreams_own_chunks(callback: LivepplxCallback,
+                                                                     registry: CollectorRegistry) -> None:
+    logprobs = [-0.2 * (i % 4) - 0.05 for i in range(20)]
+    data, out, stream = completions(logprobs, callback, max_tokens=20)
+    assert callback.text_completion_tap and data["logprobs"] == 5 and data["metadata"][NOTE]["added"]
+    assert len(out) == 21 and stream.source.closed_at is None
+    assert all(c.choices[0].logprobs is None for c in out)
+    reference = math.exp(-math.fsum(logprobs) / len(logprobs))
+    assert math.isclose(data["metadata"][RESULT]["ppl"], reference, rel_tol=1e-12)
+    assert sample(registry, "livepplx_generation_tokens_total", model="local") == 20
+    assert sample(registry, "livepplx_generations_total", model="local", outcome="complete") == 1
+    assert not hasattr(data["litellm_logging_obj"], "_livepplx_raw_chunks")  # nothing kept after the stream
+    asked, _, _ = completions(logprobs, callback, logprobs=2)
+    assert asked["logprobs"] == 2 and not asked["metadata"][NOTE]["added"]
+
+
+def test_a_stopped_legacy_completion_closes_litellms_stream_of_the_upstream(callback: LivepplxCallback,
+                                                                            registry: CollectorRegistry) -> None:
+    logprobs = [-0.05] * 5 + [-4.0] * 95
+    _, out, stream = completions(logprobs, callback, max_tokens=100,
+                                 metadata={"livepplx": {"stop_above": 5, "min_tokens": 4}})
+    stop_at = next(n for n in range(4, 100) if math.exp((0.25 + 4.0 * (n - 5)) / n) > 5)
+    assert stream.source.closed_at == stop_at == len(out) - 1
+    final = out[-1]
+    assert isinstance(final, TextCompletionResponse) and final.choices[0].finish_reason == "length"
+    assert final.choices[0].text == "" and final.livepplx["stopped"] == "stop_above"
+    assert sample(registry, "livepplx_stops_total", model="local", trigger="stop_above") == 1
+
+
+def test_without_the_tap_legacy_completions_are_watched_unscored(callback: LivepplxCallback,
+                                                                  registry: CollectorRegistry) -> None:
+    callback.text_completion_tap = False  # another LiteLLM, without the method the tap wraps
     data = {"model": "local", "stream": True, "prompt": "hi", "metadata": {}}
     chunks = [TextCompletionResponse(id="t", object="text_completion", created=1, model="local",
                                      choices=[{"index": 0, "text": f" w{i}", "logprobs": None, "finish_reason": None}])
               for i in range(5)]
-    prepared, out, _ = run(callback, data, chunks, "atext_completion")
-    assert "logprobs" not in prepared and out == chunks
+    _, out, _ = run(callback, data, chunks, "atext_completion")
+    assert out == chunks
+    assert sample(registry, "livepplx_unscored_total", model="local") == 1
+
+
+def events(logprobs: list[float | None], rid: str = "resp_1") -> list[Any]:
+    """A Responses stream as LiteLLM hands it to the hook (its event classes; OpenAI's logprobs on
+    each delta are an extra field)."""
+    from litellm.types.llms.openai import OutputTextDeltaEvent, ResponseCompletedEvent, ResponseCreatedEvent
+
+    response = {"id": rid, "object": "response", "created_at": 1, "status": "in_progress", "output": []}
+    out: list[Any] = [ResponseCreatedEvent.model_validate({"type": "response.created", "response": response})]
+    for i, lp in enumerate(logprobs):
+        delta: dict[str, Any] = {"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
+                                 "content_index": 0, "delta": f" w{i}"}
+        if lp is not None:
+            delta["logprobs"] = [{"token": f" w{i}", "logprob": lp, "bytes": [],
+                                  "top_logprobs": [{"token": f" w{i}", "logprob": lp, "bytes": []}]}]
+        out.append(OutputTextDeltaEvent.model_validate(delta))
+    done = {**response, "status": "completed"}
+    out.append(ResponseCompletedEvent.model_validate({"type": "response.completed", "response": done}))
+    return out
+
+
+def responses_request(**extra: Any) -> dict[str, Any]:
+    return {"model": "local", "stream": True, "input": "hi", "metadata": {}, **extra}
+
+
+def test_responses_ask_for_logprobs_are_scored_and_the_client_gets_none(callback: LivepplxCallback,
+                                                                         registry: CollectorRegistry) -> None:
+    logprobs: list[float | None] = [-0.1 * (i % 3) - 0.02 for i in range(16)]
+    data, out, upstream = run(callback, responses_request(include=["reasoning.encrypted_content"]),
+                              events(logprobs), "aresponses")
+    assert data["include"] == ["reasoning.encrypted_content", "message.output_text.logprobs"]
+    assert "top_logprobs" not in data and "logprobs" not in data
+    assert len(out) == 18 and upstream.closed_at is None
+    assert all("logprobs" not in c.model_dump_json() for c in out)
+    reference = math.exp(-math.fsum(lp for lp in logprobs if lp is not None) / len(logprobs))
+    assert math.isclose(data["metadata"][RESULT]["ppl"], reference, rel_tol=1e-12)
+    assert sample(registry, "livepplx_generations_total", model="local", outcome="complete") == 1
+    asked, out, _ = run(callback, responses_request(include=["message.output_text.logprobs"]), events(logprobs),
+                        "aresponses")
+    assert not asked["metadata"][NOTE]["added"] and sum("logprobs" in c.model_dump_json() for c in out) == 16
+
+
+def test_a_stopped_response_closes_the_upstream_and_ends_as_incomplete(callback: LivepplxCallback,
+                                                                       registry: CollectorRegistry) -> None:
+    logprobs: list[float | None] = [-0.05] * 5 + [-4.0] * 95
+    data = responses_request(metadata={"livepplx_stop_above": "5", "livepplx_min_tokens": "4"})
+    _, out, upstream = run(callback, data, events(logprobs, rid="resp_42"), "aresponses")
+    stop_at = next(n for n in range(4, 100) if math.exp((0.25 + 4.0 * (n - 5)) / n) > 5)
+    assert upstream.closed_at == stop_at + 1 == len(out) - 1  # the created event, then stop_at deltas
+    final = out[-1]
+    assert final.type == "response.incomplete" and final.response.status == "incomplete"
+    assert final.response.id == "resp_42" and final.response.incomplete_details.reason == "max_output_tokens"
+    assert final.livepplx["stopped"] == "stop_above" and final.livepplx["at_token"] == stop_at
+    assert '"type":"response.incomplete"' in final.model_dump_json()
+    assert sample(registry, "livepplx_stops_total", model="local", trigger="stop_above") == 1
+
+
+def test_a_responses_upstream_without_logprobs_is_passed_through_unscored(callback: LivepplxCallback,
+                                                                          registry: CollectorRegistry) -> None:
+    stream = events([None] * 6)
+    texts = [c.model_dump_json() for c in stream]
+    _, out, _ = run(callback, responses_request(metadata={"livepplx_stop_above": "1.01"}), stream, "aresponses")
+    assert [c.model_dump_json() for c in out] == texts
     assert sample(registry, "livepplx_unscored_total", model="local") == 1
 
 

