@@ -28,6 +28,7 @@ import openai  # noqa: E402
 
 from load.proxy import Proxy, litellm_command, start_proxy  # noqa: E402
 from servers import Server, start  # noqa: E402
+from sse_server import PacedSSEServer  # noqa: E402
 
 pytestmark = pytest.mark.real_server
 
@@ -228,3 +229,63 @@ def test_responses_are_watched_and_this_upstream_sends_no_logprobs_so_they_count
     assert "response.output_text.delta" in kinds
     unscored = 'livepplx_unscored_total{model="local"}'
     assert after[unscored] - before.get(unscored, 0.0) == 1
+
+
+def responses_events(logprobs: list[float], asked: bool) -> list[bytes]:
+    """OpenAI's Responses stream, byte for byte as its SSE looks (``event:`` lines, a sequence
+    number, the logprobs on each delta when ``include`` asked for them)."""
+    def event(kind: str, **fields: Any) -> bytes:
+        event.n += 1  # type: ignore[attr-defined]
+        data = {"type": kind, "sequence_number": event.n, **fields}  # type: ignore[attr-defined]
+        return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+    event.n = -1  # type: ignore[attr-defined]
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-x", "status": "in_progress",
+                "output": []}
+    out = [event("response.created", response=response), event("response.in_progress", response=response)]
+    for i, lp in enumerate(logprobs):
+        entry = {"token": f" w{i}", "logprob": lp, "bytes": [], "top_logprobs": []}
+        out.append(event("response.output_text.delta", item_id="msg_1", output_index=0, content_index=0,
+                         delta=f" w{i}", **({"logprobs": [entry]} if asked else {})))
+    out.append(event("response.completed", response={**response, "status": "completed"}))
+    return out
+
+
+def test_responses_with_logprobs_through_the_real_proxy_are_scored_stripped_and_stopped(
+        tmp_path: Path) -> None:
+    """An upstream that streams OpenAI's Responses events (a local server writing their bytes: the
+    hosted API cannot run here) behind a real proxy with the example config: the live PPL is the
+    one of the logprobs sent, the client gets none, and a stop closes the upstream and ends the
+    client's stream with ``response.incomplete``."""
+    if litellm_command() is None:
+        pytest.skip("no litellm command: pip install -e '.[gateway]'")
+    values = [-0.05 * (i % 7) - 0.01 for i in range(30)] + [-4.0] * 370
+
+    def answer(number: int, body: Any) -> list[bytes]:
+        asked = "message.output_text.logprobs" in (body.get("include") or [])
+        return responses_events(values[:30] if number == 0 else values, asked)
+
+    with PacedSSEServer(answer, interval=0.005) as server, \
+            start_proxy(CONFIG, tmp_path / "proxy.log", env={"UPSTREAM_BASE_URL": server.base_url}) as proxy:
+        body = {"model": "local", "input": "hi", "metadata": {"livepplx": {"stop_above": None,
+                                                                           "window_ppl_above": None}}}
+        before = metrics(proxy)
+        events = raw_stream(proxy, body, route="/responses")
+        after = metrics(proxy)
+        assert server.served[0].body["include"] == ["message.output_text.logprobs"]
+        assert [e["type"] for e in events][-1] == "response.completed"
+        assert not [e for e in events if "logprobs" in json.dumps(e)]
+        key = 'livepplx_generation_ppl_sum{model="local"}'
+        reference = math.exp(-math.fsum(values[:30]) / 30)
+        assert math.isclose(after[key] - before.get(key, 0.0), reference, rel_tol=1e-9)
+
+        stopped = raw_stream(proxy, {"model": "local", "input": "hi"}, route="/responses",
+                             headers={"x-livepplx-stop-above": "3", "x-livepplx-min-tokens": "8"})
+        final = stopped[-1]
+        assert final["type"] == "response.incomplete", stopped[-3:]
+        assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+        assert final["response"]["id"] == stopped[0]["response"]["id"]
+        assert final["livepplx"]["stopped"] == "stop_above"
+        served = server.wait(1)
+        print(f"\n/v1/responses through the gateway: stopped at token {final['livepplx']['at_token']}; the "
+              f"upstream wrote {served.written} of {len(values) + 3} events before it saw the close")
+        assert served.client_left and served.written < 120
