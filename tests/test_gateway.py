@@ -23,7 +23,14 @@ from litellm.types.utils import ModelResponseStream, TextCompletionResponse  # n
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from livepplx import StreamState  # noqa: E402
-from livepplx.integrations.litellm_proxy import NOTE, RESULT, LivepplxCallback, Policy, PolicyError  # noqa: E402
+from livepplx.integrations.litellm_proxy import (  # noqa: E402
+    NOTE,
+    RESULT,
+    LivepplxCallback,
+    Policy,
+    PolicyError,
+    _Watch,
+)
 from livepplx.integrations.prometheus import PrometheusListener  # noqa: E402
 
 
@@ -309,6 +316,32 @@ def test_a_stopped_legacy_completion_closes_litellms_stream_of_the_upstream(call
     assert isinstance(final, TextCompletionResponse) and final.choices[0].finish_reason == "length"
     assert final.choices[0].text == "" and final.livepplx["stopped"] == "stop_above"
     assert sample(registry, "livepplx_stops_total", model="local", trigger="stop_above") == 1
+
+
+def test_a_legacy_completion_the_callback_cannot_read_flows_on_and_holds_no_chunks(
+        callback: LivepplxCallback, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = StreamState.handle
+    calls = {"n": 0}
+
+    def flaky(self: StreamState, c: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(self, c)
+
+    monkeypatch.setattr(StreamState, "handle", flaky)
+    held: list[int] = []
+    real_see = _Watch.see
+
+    def see(self: _Watch, chunk: Any) -> bool:
+        stopped = real_see(self, chunk)
+        held.append(len(self.raw or ()))
+        return stopped
+
+    monkeypatch.setattr(_Watch, "see", see)
+    data, out, stream = completions([-0.5] * 12, callback, metadata={"livepplx_stop_above": "1.1"})
+    assert len(out) == 13 and stream.source.closed_at is None  # every chunk, none stopped after the failure
+    assert data["metadata"][RESULT]["tokens"] == 2 and max(held) == 0
 
 
 def test_without_the_tap_legacy_completions_are_watched_unscored(callback: LivepplxCallback,

@@ -12,13 +12,20 @@ Register it in the proxy's ``config.yaml`` (``pip install 'livepplx[gateway]'``)
 
 with ``livepplx_gateway.py`` holding ``callback = LivepplxCallback()`` (``examples/litellm_proxy/``).
 
-**What it does to a request.** Every streamed chat request (``/v1/chat/completions``) is sent
-upstream asking for logprobs (``logprobs: true, top_logprobs: 5``) unless it asked itself; the
-client then gets its chunks with ``logprobs`` taken out again, so it sees the shapes it asked
-for. Streamed legacy completions (``/v1/completions``) are watched but reach the callback
-without logprobs (LiteLLM's completions stream drops them), so they are counted ``unscored``.
-Requests that are not streamed, and other routes (``/v1/responses``, embeddings, ...), pass
-through untouched.
+**What it does to a request.** Every streamed request on the three generating routes is
+sent upstream asking for logprobs, unless it asked itself, and the client gets its chunks
+without them again, so it sees the shapes it asked for:
+
+* chat (``/v1/chat/completions``): ``logprobs: true, top_logprobs: 5``;
+* legacy completions (``/v1/completions``): ``logprobs: 5``. LiteLLM drops a text completion's
+  logprobs before any callback sees a chunk, so the callback reads the upstream's own chunks
+  through a tap on LiteLLM's chunk handler (:func:`_install_text_completion_tap`); the client's
+  chunks carry none either way (a client that asked gets none from LiteLLM: its own limit);
+* Responses (``/v1/responses``): ``include: ["message.output_text.logprobs"]`` (OpenAI puts
+  them on each ``response.output_text.delta``; llama-server's Responses route sends none, so
+  its answers are counted ``unscored``).
+
+Requests that are not streamed, and other routes (embeddings, ...), pass through untouched.
 
 **Policy.** Per model, in the config (``model_info.livepplx``, or ``LivepplxCallback(models=...)``),
 laid over ``LivepplxCallback(default=...)``; then per request, each later one winning:
@@ -40,7 +47,9 @@ first (the server stops generating), hands the client the chunk that crossed, th
 whose choices have ``finish_reason: "length"`` (the answer was cut short, as by ``max_tokens``;
 ``LivepplxCallback(finish_reason=...)`` sets another) and a top-level ``"livepplx"`` object with
 the reason, the token count and the PPL; then the proxy's ``[DONE]``. OpenAI's SDKs read that as
-a normal end.
+a normal end. A Responses stream ends as OpenAI ends one cut by ``max_output_tokens``: a
+``response.incomplete`` event (``incomplete_details: {"reason": "max_output_tokens"}``, the
+response's own id) with the same ``"livepplx"`` object.
 
 **Bad upstreams and failures.** An upstream that ignores ``logprobs`` is passed through untouched,
 counted as ``unscored`` (``livepplx_unscored_total``), and logged once per model. An exception
@@ -398,6 +407,8 @@ class _Watch:
     def see(self, chunk: Any) -> bool:
         """Count the chunk, take out the logprobs the client did not ask for; True on a stop.
         Never raises: a failure is logged and the rest of the stream passes unwatched."""
+        if self.broken and self.raw:
+            self.raw.clear()  # unwatched from here: hold none of the upstream's chunks
         if not self.broken:
             try:
                 if self.raw is not None:
@@ -472,8 +483,9 @@ class _Watch:
     def end(self, request_data: dict[str, Any]) -> None:
         try:
             if self.raw is not None:  # the upstream's last chunks (its finish_reason) come before the client's
-                while self.raw and self.state.stopped is None:
+                while self.raw and self.state.stopped is None and not self.broken:
                     self.state.handle(self.raw.popleft())
+                self.raw.clear()
                 logging_obj = request_data.get("litellm_logging_obj")
                 if logging_obj is not None and getattr(logging_obj, _RAW, None) is self.raw:
                     delattr(logging_obj, _RAW)
