@@ -394,6 +394,8 @@ def test_responses_ask_for_logprobs_are_scored_and_the_client_gets_none(callback
     asked, out, _ = run(callback, responses_request(include=["message.output_text.logprobs"]), events(logprobs),
                         "aresponses")
     assert not asked["metadata"][NOTE]["added"] and sum("logprobs" in c.model_dump_json() for c in out) == 16
+    odd, _, _ = run(callback, responses_request(include="message.output_text.logprobs"), events([]), "aresponses")
+    assert odd["include"] == "message.output_text.logprobs"  # not a list: left for the upstream to refuse
 
 
 def test_a_stopped_response_closes_the_upstream_and_ends_as_incomplete(callback: LivepplxCallback,

@@ -189,10 +189,10 @@ def test_legacy_completions_are_scored_from_the_upstreams_own_chunks_and_equal_i
 def test_a_stopped_legacy_completion_closes_the_upstream(proxy: Proxy, upstream: Server) -> None:
     client = through(proxy)
     t = time.monotonic()
-    full = client.completions.create(model="local", prompt=NUMBERS, max_tokens=200, temperature=0,
+    full = client.completions.create(model="local", prompt=NUMBERS, max_tokens=60, temperature=0,
                                      extra_body={"ignore_eos": True, "metadata": {"livepplx": {"enabled": False}}})
-    per_token = (time.monotonic() - t) / 200
-    assert full.usage is not None and full.usage.completion_tokens == 200
+    per_token = (time.monotonic() - t) / 60  # (prompt included: an upper bound, enough for the 5x margin below)
+    assert full.usage is not None and full.usage.completion_tokens == 60
     log_start = upstream.log.stat().st_size
     events = raw_stream(proxy, {"model": "local", "prompt": NUMBERS, "max_tokens": 1000, "temperature": 0,
                                 "ignore_eos": True}, route="/completions",
@@ -210,7 +210,8 @@ def test_a_stopped_legacy_completion_closes_the_upstream(proxy: Proxy, upstream:
     assert "cancel task" in log, log[-2000:]
     held = [int(n) for n in re.findall(r"stop processing: n_tokens = (\d+)", log.split("cancel task", 1)[1])]
     print(f"\n/v1/completions stopped at token 10: llama-server cancelled it at {held[0]} tokens (prompt "
-          f"included); the next request took {follow_seconds:.3f} s (the rest: ~{990 * per_token:.1f} s)")
+          f"included); the next request took {follow_seconds:.3f} s (the rest, at the pace measured: up to "
+          f"~{990 * per_token:.1f} s)")
     assert held and held[0] < full.usage.prompt_tokens + 30
     assert follow_seconds < 0.2 * 990 * per_token
 

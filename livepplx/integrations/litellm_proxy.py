@@ -294,9 +294,11 @@ def _ask(kind: str, data: dict[str, Any], top_logprobs: int) -> bool:
         return True
     if kind == "responses":
         include = data.get("include")
-        if isinstance(include, list) and RESPONSES_LOGPROBS in include:
+        if include is not None and not isinstance(include, list):
+            return False  # the client's own mistake: the upstream answers it, not a rewrite of ours
+        if include and RESPONSES_LOGPROBS in include:
             return False
-        data["include"] = [*(include if isinstance(include, list) else ()), RESPONSES_LOGPROBS]
+        data["include"] = [*(include or ()), RESPONSES_LOGPROBS]
         return True
     return False
 
