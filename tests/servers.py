@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pytest
 
@@ -71,10 +71,15 @@ def _command(kind: str, model: Path, port: int) -> tuple[list[str], dict[str, st
             "--ctx-size", "4096"], env
 
 
-def start(kind: str, tmp: Path) -> Iterator[Server]:
+def start(kind: str, tmp: Path, *, parallel: int = 1, extra: Sequence[str] = ()) -> Iterator[Server]:
+    """Start a server on a free port (its output in ``tmp/KIND.log``), yield it once it answers,
+    and stop it. ``parallel``: llama-server's slots (``-np``); ``extra``: more of its arguments."""
     model = model_path()
     port = _free_port()
     command, env = _command(kind, model, port)
+    if parallel != 1:
+        command[command.index("-np") + 1] = str(parallel)
+    command += extra
     log = tmp / f"{kind}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -32,23 +30,8 @@ OPTIONS = dict(endpoint="completions", group_window=6, max_tokens=28, concurrenc
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-server as tests/servers.py starts it, with two slots (-np 2) so traces run side by side."""
-    model = servers.model_path()
-    port = servers._free_port()
-    command, env = servers._command("llama-server", model, port)
-    command[command.index("-np") + 1] = "2"
-    log = tmp_path_factory.mktemp("deepconf") / "llama-server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        servers._wait_ready(f"http://127.0.0.1:{port}/v1/models", process, Path(log))
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    for running in servers.start("llama-server", tmp_path_factory.mktemp("deepconf"), parallel=2):
+        yield running.base_url
 
 
 def test_the_threshold_and_the_vote_on_a_real_model(server: str) -> None:

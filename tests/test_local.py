@@ -607,25 +607,19 @@ def test_logprobs_agree_with_upstream_llama_server(model: Any, tmp_path: Path) -
 
     prompts = ["The three largest cities in Japan are", QA_PROMPT.format(question="Why is the sky blue?"),
                QA_PROMPT.format(question="Who was the first person to climb Mount Kilimanjaro?")]
-    port = servers._free_port()
-    command, env = servers._command("llama-server", servers.model_path(), port)
-    log = tmp_path / "llama-server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command + ["-fa", "off", "-t", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    started = servers.start("llama-server", tmp_path, extra=["-fa", "off", "-t", "1"])
+    server = next(started)
     try:
-        servers._wait_ready(f"http://127.0.0.1:{port}/v1/models", process, log)
         for prompt in prompts:
             body = {"prompt": prompt, "max_tokens": 30, "temperature": 0, "logprobs": 3}
-            answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=300).json()
+            answer = httpx.post(f"{server.base_url}/completions", json=body, timeout=300).json()
             theirs = answer["choices"][0]["logprobs"]["content"]
             assert_agree(generated(model, prompt, 30, 3), theirs)
             ours = LocalClient(model).completions.create(model="g", prompt=prompt, max_tokens=30, temperature=0,
                                                          stream=False)
             assert ours["choices"][0]["text"] == answer["choices"][0]["text"]
     finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
+        started.close()  # stops the server
 
 
 # -- livepplx serve ---------------------------------------------------------------------------------
