@@ -579,24 +579,55 @@ def _messages(args: argparse.Namespace) -> list[dict[str, str]]:
     return system + [{"role": "user", "content": args.prompt}]
 
 
-def _chat(args: argparse.Namespace) -> int:
-    if args.local:
-        return _chat_local(args)
+def _openai_client(args: argparse.Namespace, other_ways: str = "") -> Any:
+    """The OpenAI client of ``--base-url``, ``--api-key`` and ``--timeout`` (chat's and vote's)."""
     import openai
-
-    from .client import build_request
 
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
         if args.base_url is None:
-            raise _Fail("no API key: pass --api-key or set OPENAI_API_KEY (or --base-url for a local server, "
-                        "or --local for the embedded model)")
+            raise _Fail(f"no API key: pass --api-key or set OPENAI_API_KEY (or --base-url for a local server"
+                        f"{other_ways})")
         api_key = "sk-no-key"  # local servers take any key
     # Connect and idle read: a stalled server fails after --timeout (the SDK's default is
     # 600 s, and it retries twice). The retries stay, for a refused connection, 429 and 5xx;
     # they apply before the answer starts, never mid-answer.
     timeout = openai.Timeout(args.timeout, connect=min(args.timeout, MAX_CONNECT_TIMEOUT))
-    client = openai.OpenAI(api_key=api_key, base_url=args.base_url, max_retries=2, timeout=timeout)
+    return openai.OpenAI(api_key=api_key, base_url=args.base_url, max_retries=2, timeout=timeout)
+
+
+@contextlib.contextmanager
+def _answered(client: Any, timeout: float, tries: str = "") -> Iterator[None]:
+    """The SDK's errors of a request as one line each: what the server said, a timeout, no server."""
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as e:
+        raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
+    except openai.APITimeoutError:
+        raise _Fail(f"no answer from {client.base_url} within {timeout:g} s{tries} "
+                    "(raise --timeout to wait longer)") from None
+    except openai.APIConnectionError:
+        raise _Fail(f"cannot reach {client.base_url}: is the server running?") from None
+
+
+def _endpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """PROMPT and the endpoint's options, as chat and vote take them."""
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--base-url", help="the endpoint (default: OpenAI's, or OPENAI_BASE_URL)")
+    p.add_argument("--model", default=os.environ.get("LIVEPPLX_MODEL", "gpt-4o-mini"),
+                   help="model name (default gpt-4o-mini, or LIVEPPLX_MODEL)")
+    p.add_argument("--api-key", help="API key (default: OPENAI_API_KEY; any key for a local server)")
+
+
+def _chat(args: argparse.Namespace) -> int:
+    if args.local:
+        return _chat_local(args)
+
+    from .client import build_request
+
+    client = _openai_client(args, ", or --local for the embedded model")
     request: dict[str, Any] = {"model": args.model, "messages": _messages(args), "max_tokens": args.max_tokens}
     if args.temperature is not None:
         request["temperature"] = args.temperature
@@ -605,18 +636,11 @@ def _chat(args: argparse.Namespace) -> int:
     run = _Run(args, state, args.model)
     page = _Page(args.html, state, args.record) if args.html else None
     with _recorded(args.record, run) as recording:
-        try:
+        with _answered(client, args.timeout, ", 3 tries"):
             with client.chat.completions.with_streaming_response.create(**request) as response:
                 # The raw bytes: read by livepplx's own reader, and recordable as they came.
                 run.read(page.source(response.iter_bytes()) if page else response.iter_bytes(),
                          _fed(recording.write if recording else None, page.feed if page else None))
-        except openai.APIStatusError as e:
-            raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
-        except openai.APITimeoutError:
-            raise _Fail(f"no answer from {client.base_url} within {args.timeout:g} s, 3 tries "
-                        "(raise --timeout to wait longer)") from None
-        except openai.APIConnectionError:
-            raise _Fail(f"cannot reach {client.base_url}: is the server running?") from None
         code = run.report()
     return page.settle(code, state, f"{args.model}: {args.prompt}") if page else code
 
@@ -914,11 +938,7 @@ def _parser() -> argparse.ArgumentParser:
                 "  livepplx chat 'Hi' --model gpt-4o-mini --stop-above 20 --json\n"
                 "  livepplx chat 'Hi' --base-url http://127.0.0.1:8000/v1 --model m --record hi.sse\n"
                 "  livepplx chat 'What is the capital of Peru?' --local --max-tokens 24")
-    chat.add_argument("prompt", metavar="PROMPT")
-    chat.add_argument("--base-url", help="the endpoint (default: OpenAI's, or OPENAI_BASE_URL)")
-    chat.add_argument("--model", default=os.environ.get("LIVEPPLX_MODEL", "gpt-4o-mini"),
-                      help="model name (default gpt-4o-mini, or LIVEPPLX_MODEL)")
-    chat.add_argument("--api-key", help="API key (default: OPENAI_API_KEY; any key for a local server)")
+    _endpoint_arguments(chat)
     chat.add_argument("--system", help="a system message")
     chat.add_argument("--max-tokens", type=_number(int, 1, MAX_TOKENS), default=256, help="default 256")
     chat.add_argument("--temperature", type=_number(float, 0), help="sampling temperature (default: the server's)")

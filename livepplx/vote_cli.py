@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from typing import Any, Callable
 
-from .cli import DEFAULT_TIMEOUT, MAX_CONNECT_TIMEOUT, MAX_TIMEOUT, MAX_TOKENS, MAX_TOP_LOGPROBS, _api_message, _Fail, _number
+from .cli import (DEFAULT_TIMEOUT, MAX_TIMEOUT, MAX_TOKENS, MAX_TOP_LOGPROBS, _answered, _endpoint_arguments, _Fail,
+                  _number, _openai_client)
 from .deepconf import EXTRACTORS, ETA_NAMES, DeepConfRun, DeepConfVoter, TraceRow, VoteResult
 from .errors import LivepplxError
 from .textsafe import safe_line
@@ -47,11 +47,7 @@ def add_parser(sub: Any, make: Callable[..., argparse.ArgumentParser]) -> None:
              "--model m\n"
              "  livepplx vote \"$(cat fewshot.txt)\" --completions --group-window 16 --max-tokens 64 --stop $'\\n\\n' "
              "--json\n  livepplx vote 'Capital of Peru?' --model gpt-4o-mini --answer line --eta high --consensus 0.95")
-    p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--base-url", help="the endpoint (default: OpenAI's, or OPENAI_BASE_URL)")
-    p.add_argument("--model", default=os.environ.get("LIVEPPLX_MODEL", "gpt-4o-mini"),
-                   help="model name (default gpt-4o-mini, or LIVEPPLX_MODEL)")
-    p.add_argument("--api-key", help="API key (default: OPENAI_API_KEY; any key for a local server)")
+    _endpoint_arguments(p)
     p.add_argument("--completions", action="store_true",
                    help="send PROMPT as a completion prompt (for base models), not as a chat message")
     p.add_argument("--traces", type=_number(int, 0, 100_000), default=16, metavar="K",
@@ -142,17 +138,10 @@ def _summary(result: VoteResult) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import openai
 
-    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
-    if not api_key:
-        if args.base_url is None:
-            raise _Fail("no API key: pass --api-key or set OPENAI_API_KEY (or --base-url for a local server)")
-        api_key = "sk-no-key"  # local servers take any key
+    client = _openai_client(args)
     if args.warmup == 0 and args.threshold is None and args.traces:
         raise _Fail("--warmup 0 needs --threshold S (no warm-up, no threshold to learn)")
-    timeout = openai.Timeout(args.timeout, connect=min(args.timeout, MAX_CONNECT_TIMEOUT))
-    client = openai.OpenAI(api_key=api_key, base_url=args.base_url, max_retries=2, timeout=timeout)
     params: dict[str, Any] = {}
     if args.temperature is not None:
         params["temperature"] = args.temperature
@@ -166,22 +155,16 @@ def run(args: argparse.Namespace) -> int:
         answer=args.answer, vote_top=args.vote_top, consensus=args.consensus, params=params,
         on_start=lambda r: setattr(view, "run", r))
     try:
-        if args.json:
-            result = voter(args.prompt)
-        else:
-            from rich.console import Console
-            from rich.live import Live
-
-            console = Console(stderr=not sys.stdout.isatty())  # the live lines stay off a redirected stdout
-            with Live(view, console=console, refresh_per_second=8):
+        with _answered(client, args.timeout):
+            if args.json:
                 result = voter(args.prompt)
-    except openai.APIStatusError as e:
-        raise _Fail(f"the server answered {e.status_code}: {_api_message(e)}") from None
-    except openai.APITimeoutError:
-        raise _Fail(f"no answer from {client.base_url} within {args.timeout:g} s "
-                    "(raise --timeout to wait longer)") from None
-    except openai.APIConnectionError:
-        raise _Fail(f"cannot reach {client.base_url}: is the server running?") from None
+            else:
+                from rich.console import Console
+                from rich.live import Live
+
+                console = Console(stderr=not sys.stdout.isatty())  # the live lines stay off a redirected stdout
+                with Live(view, console=console, refresh_per_second=8):
+                    result = voter(args.prompt)
     except LivepplxError as e:
         raise _Fail(str(e)) from None
     if args.json:
