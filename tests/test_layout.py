@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CORE = ["livepplx.tokens", "livepplx.stats", "livepplx.formats", "livepplx.sse", "livepplx.triggers",
-        "livepplx.state", "livepplx.monitor", "livepplx"]
+CORE = ["livepplx.tokens", "livepplx.accumulator", "livepplx.stats", "livepplx.formats", "livepplx.sse",
+        "livepplx.triggers", "livepplx.state", "livepplx.monitor", "livepplx"]
 
 
 def test_the_core_imports_neither_openai_nor_rich() -> None:

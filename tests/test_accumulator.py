@@ -1,0 +1,190 @@
+"""The C accumulator against its Python twin: the same statistics, bit for bit, on any stream.
+
+livepplx.accumulator promises that ChoiceStats gives the same floats whichever
+accumulator runs (the C one when it is built, else the Python one). Here both run side by
+side on random streams of every kind of value the value policy sorts (ordinary,
+censored, skipped; alternatives that underflow, none, junk), token by token and in
+batches of any split, and every attribute of the state is compared after each step.
+The numpy references of test_stats.py check the arithmetic itself; CI runs them on both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from livepplx import accumulator
+from livepplx.accumulator import PyAccumulator
+from livepplx.stats import ChoiceStats
+from livepplx.tokens import make_token
+
+C_BUILT = accumulator.IMPLEMENTATION == "c"
+needs_c = pytest.mark.skipif(not C_BUILT, reason="the C accumulator is not built (or LIVEPPLX_PURE_PYTHON is set)")
+
+
+class PyChoiceStats(PyAccumulator):
+    """ChoiceStats on the Python accumulator, whichever one livepplx chose at import."""
+
+    __slots__ = ("index", "vocab_size")
+    __init__ = ChoiceStats.__init__
+    as_dict = ChoiceStats.as_dict
+    for _name, _value in vars(ChoiceStats).items():
+        if isinstance(_value, property):
+            locals()[_name] = _value
+    del _name, _value
+
+
+STATE = [name for name in PyAccumulator.__slots__ if name not in ("_wsums", "_wcomps", "_gsums", "_gcomps")]
+RINGS = ("_wsums", "_wcomps", "_gsums", "_gcomps")
+
+
+def _bits(value: Any) -> Any:
+    """A float by its bits (-0.0 is not 0.0), every NaN alike; anything else as it is."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else struct.pack("<d", value)
+    return value
+
+
+def _same(c: Any, py: Any) -> None:
+    for name in STATE:
+        assert _bits(getattr(c, name)) == _bits(getattr(py, name)), name
+    for name in RINGS:
+        assert bytes(getattr(c, name)) == bytes(getattr(py, name)), name
+    assert c.as_dict() == py.as_dict()
+
+
+# Values the value policy sorts: ordinary logprobs, tiny and huge ones, censored
+# placeholders, and what is skipped (None, NaN, positive, not a number).
+raw_logprob = st.one_of(
+    st.floats(min_value=-60.0, max_value=0.0),
+    st.sampled_from([0.0, -0.0, -1e-300, -5e-324, -700.0, -745.2, -9999.0, -1e308, -math.inf,
+                     math.nan, 0.5, None, "x", True]),
+)
+raw_alternative = st.one_of(
+    st.floats(min_value=-800.0, max_value=0.0),  # below -745, exp() underflows to 0
+    st.sampled_from([-9999.0, -math.inf, math.nan, 1.0, None, "x"]),
+)
+tokens = st.lists(
+    st.tuples(raw_logprob, st.one_of(st.none(), st.lists(raw_alternative, max_size=7))).map(
+        lambda t: make_token(0, "", t[0], t[1] or ())),
+    max_size=40,
+)
+options = st.fixed_dictionaries({
+    "window": st.integers(1, 6),
+    "group_window": st.integers(1, 6),
+    "ema_alpha": st.one_of(st.none(), st.floats(min_value=1e-6, max_value=1.0)),
+})
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(tokens, options)
+def test_c_and_python_agree_token_by_token(stream: list, opts: dict) -> None:
+    c, py = ChoiceStats(**opts), PyChoiceStats(**opts)
+    assert type(c).__mro__[1] is not PyAccumulator  # the C one, really
+    _same(c, py)
+    for token in stream:
+        c.update(token)
+        py.update(token)
+        _same(c, py)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(tokens, options, st.lists(st.integers(0, 12), max_size=8))
+def test_c_and_python_agree_in_batches(stream: list, opts: dict, cuts: list) -> None:
+    """update_many over any split of the stream is update() token by token, in both."""
+    c, py, one = ChoiceStats(**opts), PyChoiceStats(**opts), PyChoiceStats(**opts)
+    start = 0
+    for size in [*cuts, len(stream)]:
+        batch = stream[start : start + size]
+        start += size
+        c.update_many(iter(batch) if size % 2 else batch)  # any iterable, as the Python twin takes
+        py.update_many(batch)
+        for token in batch:
+            one.update(token)
+        _same(c, py)
+        _same(c, one)
+
+
+def test_the_c_accumulator_is_built_in_ci() -> None:
+    """CI installs with a compiler: a build that failed quietly (the extension is optional)
+    would leave every speed figure of the README untested."""
+    if not os.environ.get("CI") or os.environ.get("LIVEPPLX_PURE_PYTHON", "") not in ("", "0"):
+        pytest.skip("only CI promises a C compiler")
+    assert C_BUILT, "livepplx._caccumulator did not build: see pip's output for the compiler's error"
+
+
+# -- the C accumulator against hostile tokens: a named error, nothing half-counted, no crash
+
+
+class _Tok:
+    """A token-like object whose fields can be anything (make_token never makes these)."""
+
+    def __init__(self, status: Any = 0, logprob: Any = -1.0, alternatives: Any = ()) -> None:
+        from livepplx.tokens import OK
+
+        self.status = OK if status == 0 else status
+        self.logprob = logprob
+        self.alternatives = alternatives
+
+
+@needs_c
+@pytest.mark.parametrize("token, error", [
+    (_Tok(logprob="x"), TypeError),
+    (_Tok(logprob=None), TypeError),
+    (_Tok(alternatives=["x"]), TypeError),
+    (_Tok(alternatives=5), TypeError),
+    (_Tok(alternatives=(800.0,)), OverflowError),  # what math.exp raises, as the Python twin does
+    (object(), AttributeError),
+])
+def test_a_token_of_wrong_types_is_refused_whole(token: Any, error: type) -> None:
+    stats = ChoiceStats()
+    stats.update(make_token(0, "", -1.0, [-1.0, -2.0]))
+    before = {name: _bits(getattr(stats, name)) for name in STATE}
+    rings = [bytes(getattr(stats, name)) for name in RINGS]
+    with pytest.raises(error):
+        stats.update(token)
+    assert {name: _bits(getattr(stats, name)) for name in STATE} == before  # nothing half-counted
+    assert [bytes(getattr(stats, name)) for name in RINGS] == rings
+    with pytest.raises(error):
+        stats.update_many([make_token(0, "", -0.5), token, make_token(0, "", -0.5)])
+    assert stats.tokens == 2  # the token before the bad one, then it stopped
+
+
+@needs_c
+def test_code_run_by_a_token_cannot_pull_the_rings_away() -> None:
+    """A value's __float__ that reassigns a ring (or empties the batch) while the C code
+    holds the ring's memory: the old buffer stays held until the token is counted."""
+    stats = ChoiceStats(window=2)
+
+    class Sly:  # not a float: PyFloat_AsDouble calls its __float__
+        def __float__(self) -> float:
+            stats._wsums = memoryview(bytearray(8 * 3)).cast("d")  # a new ring, as __init__ makes
+            batch.clear()
+            return -1.0
+
+    batch: list = []
+    batch += [_Tok(alternatives=(Sly(),)), _Tok(logprob=-2.0)]
+    stats.update_many(batch)
+    assert stats.tokens == 1 and stats.topk_positions == 1  # the second token left with the cleared list
+    assert stats.window_ppl == stats.window_ppl  # readable, and finite
+    with pytest.raises(TypeError, match="doubles"):
+        stats._wcomps = bytearray(24)  # bytes, not doubles
+    with pytest.raises(ValueError, match="shorter"):
+        stats._gsums = memoryview(bytearray(8)).cast("d")
+        stats.update(make_token(0, "", -1.0, [-1.0]))
+
+
+@needs_c
+def test_stats_made_without_init_refuse_to_update() -> None:
+    stats = ChoiceStats.__new__(ChoiceStats)
+    with pytest.raises(AttributeError, match="ChoiceStats.__init__"):
+        stats.update(make_token(0, "", -1.0))
+    assert stats.tokens == 0
