@@ -64,14 +64,35 @@ ring_clear(Ring *r)
     Py_CLEAR(r->obj);
 }
 
-static void
-Accumulator_dealloc(Accumulator *self)
+/* The objects held (the newest alternatives, the rings) can be any object a caller
+ * assigns: the collector sees them, so a cycle through them is freed. */
+static int
+Accumulator_traverse(Accumulator *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->alts);
+    Py_VISIT(self->wsums.obj);
+    Py_VISIT(self->wcomps.obj);
+    Py_VISIT(self->gsums.obj);
+    Py_VISIT(self->gcomps.obj);
+    return 0;
+}
+
+static int
+Accumulator_clear(Accumulator *self)
 {
     Py_CLEAR(self->alts);
     ring_clear(&self->wsums);
     ring_clear(&self->wcomps);
     ring_clear(&self->gsums);
     ring_clear(&self->gcomps);
+    return 0;
+}
+
+static void
+Accumulator_dealloc(Accumulator *self)
+{
+    PyObject_GC_UnTrack(self);
+    Accumulator_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -104,9 +125,10 @@ ring_set(Accumulator *self, PyObject *value, void *closure)
         PyErr_SetString(PyExc_TypeError, "a ring must be a writable buffer of doubles (array('d'))");
         return -1;
     }
-    ring_clear(r);
+    Ring old = *r; /* let go of last: releasing it may run code that assigns this ring again */
     r->view = view;
     r->obj = Py_NewRef(value);
+    ring_clear(&old);
     return 0;
 }
 
@@ -255,7 +277,9 @@ add(Accumulator *self, PyObject *token)
         return -1;
     }
 
-    /* No Python code runs from here on. */
+    /* No Python code runs from here on until the last write: the previous alternatives are
+     * let go of at the very end (their deallocation may run a __del__). */
+    PyObject *old_alts = NULL;
     if (censored)
         self->censored++;
     Py_ssize_t n = self->tokens + 1;
@@ -286,7 +310,8 @@ add(Accumulator *self, PyObject *token)
         return 0;
     }
     /* One position of listed alternatives: the entropy's sums, the confidence, the group window's. */
-    Py_XSETREF(self->alts, alts); /* takes the reference */
+    old_alts = self->alts;
+    self->alts = alts; /* takes the reference */
     Py_ssize_t k = self->topk_positions + 1;
     self->topk_positions = k;
     double h = total > 0.0 ? log(total) - p_log_p / total : Py_NAN;
@@ -321,6 +346,7 @@ add(Accumulator *self, PyObject *token)
         if (k == size || g < self->lowest)
             self->lowest = g;
     }
+    Py_XDECREF(old_alts);
     return 0;
 }
 
@@ -367,7 +393,10 @@ static PyTypeObject AccumulatorType = {
     .tp_doc = "The running sums behind ChoiceStats, updated in C (see livepplx.accumulator).",
     .tp_basicsize = sizeof(Accumulator),
     .tp_itemsize = 0,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Accumulator_traverse,
+    .tp_clear = (inquiry)Accumulator_clear,
+    .tp_free = PyObject_GC_Del,
     .tp_new = Accumulator_new,
     .tp_dealloc = (destructor)Accumulator_dealloc,
     .tp_methods = Accumulator_methods,

@@ -128,7 +128,10 @@ def _clean_alternatives(alternatives: Iterable[object], prob_mode: bool) -> tupl
         # Fast path: every value an ordinary logprob. min/max raise TypeError on None, a
         # string or a list, and a NaN makes the sum compare unequal to itself. An int past
         # the float range fails the bounds. False == 0 passes them, so a list whose largest
-        # value is 0 is also checked for bools (which are never logprobs).
+        # value is 0 is also checked for bools (which are never logprobs). The values come
+        # back as floats: a JSON int, numpy's float32 (llama-cpp-python's answers) or a float
+        # subclass would otherwise be computed with in its own type (float32 arithmetic in
+        # the statistics), and the C accumulator, which reads doubles, would differ.
         try:
             top = max(values)
             if (
@@ -136,7 +139,7 @@ def _clean_alternatives(alternatives: Iterable[object], prob_mode: bool) -> tupl
                 and (top < 0.0 or (top == 0.0 and not any(v is False for v in values)))
                 and sum(values) == sum(values)
             ):
-                return values
+                return tuple(map(float, values))
         except TypeError:
             pass
     out = []

@@ -10,9 +10,14 @@ The numpy references of test_stats.py check the arithmetic itself; CI runs them 
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import struct
+import subprocess
+import sys
+import textwrap
+import weakref
 from typing import Any
 
 import pytest
@@ -31,7 +36,7 @@ needs_c = pytest.mark.skipif(not C_BUILT, reason="the C accumulator is not built
 class PyChoiceStats(PyAccumulator):
     """ChoiceStats on the Python accumulator, whichever one livepplx chose at import."""
 
-    __slots__ = ("index", "vocab_size")
+    __slots__ = ("index", "vocab_size", "__weakref__")
     __init__ = ChoiceStats.__init__
     as_dict = ChoiceStats.as_dict
     for _name, _value in vars(ChoiceStats).items():
@@ -45,10 +50,10 @@ RINGS = ("_wsums", "_wcomps", "_gsums", "_gcomps")
 
 
 def _bits(value: Any) -> Any:
-    """A float by its bits (-0.0 is not 0.0), every NaN alike; anything else as it is."""
+    """A value by its type and bits (-0.0 is not 0.0, -2 is not -2.0), every NaN alike."""
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else struct.pack("<d", value)
-    return value
+        return type(value).__name__, "nan" if math.isnan(value) else struct.pack("<d", value)
+    return type(value).__name__, value
 
 
 def _same(c: Any, py: Any) -> None:
@@ -188,3 +193,121 @@ def test_stats_made_without_init_refuse_to_update() -> None:
     with pytest.raises(AttributeError, match="ChoiceStats.__init__"):
         stats.update(make_token(0, "", -1.0))
     assert stats.tokens == 0
+
+
+# -- found by a hostile review: code run by a token's values while C holds the rings
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+
+
+# -- memory safety ----------------------------------------------------------------------
+
+_FREE_OLD_ALTERNATIVES = """
+    import sys
+    from livepplx.stats import ChoiceStats, _ring
+    from livepplx.tokens import make_token
+
+    stats = ChoiceStats(window=2, group_window=2)
+
+    def meddle():
+        # Runs while add() holds the rings' pointers and checked sizes.
+        stats._gsums = _ring(3)          # the ring add() is about to write is freed
+        stats._gcomps = _ring(3)
+        stats._gsize = 1 << 45           # and the bounds add() checked are gone
+        stats._gpos = (1 << 45) - 1      # next slot: 2**45 doubles past the buffer
+
+    try:
+        {setup}
+        stats.update(make_token(0, "", -1.0, [-1.0, -2.0]))
+    except Exception as e:  # the Python twin may raise (IndexError): fine, it is not a crash
+        print("raised", type(e).__name__)
+    print("survived")
+"""
+
+
+@pytest.mark.parametrize("setup", [
+    # the previous alternatives set directly
+    """
+    class Evil(tuple):
+        def __del__(self):
+            meddle()
+    stats._alts = Evil((-1.0,))
+    """,
+    # reachable through make_token: its fast path keeps float subclasses as they are,
+    # and the stats hold the last position's tuple (the only reference once the token is gone)
+    """
+    class F(float):
+        def __del__(self):
+            meddle()
+    stats.update(make_token(0, "", -0.5, [F(-0.5), -3.0]))
+    """,
+], ids=["assigned _alts", "make_token float subclass"])
+def test_freeing_the_previous_alternatives_cannot_make_add_write_out_of_its_rings(setup: str) -> None:
+    """add() swaps self->alts (Py_XSETREF) *after* rings() looked the buffers up and checked
+    the sizes: the old value's deallocation runs Python code (a __del__) that can release a
+    ring or change _gsize/_gpos, and add() then writes gs[i]/gc[i] into freed memory or
+    (here) 2**48 bytes past the buffer: a segfault. Fix: keep the old alternatives in a
+    local and Py_XDECREF it after the last write (the end of add())."""
+    code = _FREE_OLD_ALTERNATIVES.replace("{setup}", textwrap.dedent(setup).strip().replace("\n", "\n        "))
+    child = _run_child(code)
+    assert child.returncode == 0 and "survived" in child.stdout, (child.returncode, child.stdout, child.stderr[-2000:])
+
+
+def test_a_reference_cycle_through_alternatives_is_collected() -> None:
+    """The C type holds arbitrary objects (_alts takes any object, token.alternatives any
+    sequence) but is not a GC type and has no tp_traverse: a cycle through _alts is never
+    collected (the Python twin's slots are traversed). Fix: Py_TPFLAGS_HAVE_GC with a
+    tp_traverse/tp_clear visiting alts and the four ring objects (and PyObject_GC_UnTrack
+    in dealloc)."""
+
+    class Stats(ChoiceStats):
+        __slots__ = ("__weakref__",)
+
+    for cls in (Stats, PyChoiceStats):
+        stats = cls()
+        stats.update(make_token(0, "", -1.0, [-1.0, -2.0]))
+        stats._alts = (stats,)  # type: ignore[assignment]
+        ref = weakref.ref(stats)
+        del stats
+        gc.collect()
+        assert ref() is None, cls.__name__
+
+
+# -- C and Python, bit for bit, on what make_token makes of odd number types ------------
+
+
+@needs_c
+def test_numpy_float32_alternatives_give_the_same_statistics_in_c_and_python() -> None:
+    """make_token's fast path keeps the alternatives as given: numpy float32 values (what
+    llama-cpp-python answers hold; test_stream_state scores such an answer) reach the
+    accumulator as they are. The Python twin then computes `p * a`, `listed += a`, and for a
+    censored token `s + x`, in float32 (NumPy 2 keeps the float32 type against a Python float);
+    C converts each to a double first. ppl, entropy, confidence, ... differ (score() of the
+    same answer gives ppl 2.718281909470158 in C, 2.718281828459045 in Python). Fix: make
+    the fast path of tokens._clean_alternatives return floats only (e.g. accept it only when
+    every value's type is float, else convert with float()), so both twins see doubles."""
+    np = pytest.importorskip("numpy")
+    alts = [np.float32(-0.3), np.float32(-1.7)]
+    stream = [make_token(0, "", np.float32(-0.3), alts), make_token(0, "", -9999.0, alts),
+              make_token(0, "", -0.2, [np.longdouble(-0.2), np.float16(-2.5)])]
+    c, py = ChoiceStats(), PyChoiceStats()
+    for token in stream:
+        c.update(token)
+        py.update(token)
+        _same(c, py)
+
+
+@needs_c
+def test_json_integer_alternatives_give_float_statistics_in_c_and_python() -> None:
+    """JSON integers (``"logprob": -2``, as some serializers write an integral float) pass
+    make_token's fast path as ints; a censored token then takes ``min(alts)``, an int: the
+    Python twin keeps it in last_logprob, _min_logprob and _ema (min_logprob reads -2), the C
+    one stores -2.0. Fix: as above, floats only out of _clean_alternatives (or float(min(alts)))."""
+    stream = [make_token(0, "", -9999.0, [-1, -2]), make_token(0, "", -0.5, [0, -3])]
+    c, py = ChoiceStats(), PyChoiceStats()
+    for token in stream:
+        c.update(token)
+        py.update(token)
+        _same(c, py)
