@@ -931,6 +931,13 @@ def _parser() -> argparse.ArgumentParser:
         "  livepplx replay answer.sse --json\n  curl -N URL -d '{..., \"stream\": true, \"logprobs\": true, "
         "\"top_logprobs\": 5}' | livepplx replay -",
     )
+    from . import __version__
+    from .accumulator import IMPLEMENTATION
+
+    # Which accumulator runs belongs in a bug report: the C one is optional (built at install).
+    parser.add_argument("--version", action="version",
+                        version=f"livepplx {__version__} (statistics in {'C' if IMPLEMENTATION == 'c' else 'Python'}, "
+                        f"Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     chat = _sub(sub, "chat", "ask an OpenAI-compatible endpoint and watch the answer's perplexity live",

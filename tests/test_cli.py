@@ -120,6 +120,14 @@ def test_missing_file_and_usage_errors() -> None:
     assert run("replay", "--help").returncode == 0
 
 
+def test_version_says_which_accumulator_runs() -> None:
+    from livepplx.accumulator import IMPLEMENTATION
+
+    result = run("--version")
+    language = "C" if IMPLEMENTATION == "c" else "Python"
+    assert result.returncode == 0 and f"(statistics in {language}, Python " in result.stdout, result
+
+
 def test_demo_replays_every_shipped_recording() -> None:
     result = run("demo", "--speed", "100000")
     assert result.returncode == 0, result.stderr
