@@ -1,6 +1,7 @@
 """The monitor's overhead counted in instructions (valgrind's callgrind), not seconds.
 
     python tests/bench/bench_instructions.py        # needs valgrind; about 3 minutes
+    LIVEPPLX_PURE_PYTHON=1 python tests/bench/bench_instructions.py   # on the Python accumulator
 
 CPU time on a shared machine wanders by tens of percent from run to run; instruction
 counts do not. Each layer runs over 1 and over 1,000 one-token chunks of the same
@@ -86,7 +87,10 @@ def main() -> int:
         counts = dict(zip(runs, pool.map(lambda run: instructions(*run), runs)))
     per_chunk = {layer: (counts[layer, CHUNKS] - counts[layer, 1]) / (CHUNKS - 1) for layer in LAYERS}
     raw = per_chunk["raw"]
-    print(f"instructions a chunk (one token, 5 alternatives), from {CHUNKS:,} chunks minus 1:")
+    from livepplx.accumulator import IMPLEMENTATION  # the children see the same LIVEPPLX_PURE_PYTHON
+
+    print(f"instructions a chunk (one token, 5 alternatives), from {CHUNKS:,} chunks minus 1; "
+          f"the {IMPLEMENTATION} accumulator:")
     for layer, label in LAYERS.items():
         extra = per_chunk[layer] - raw
         print(f"  {label:36s} {per_chunk[layer] / 1e3:8.1f} k   " + (f"+{extra / 1e3:.1f} k ({extra / raw:+.1%})" if layer != "raw" else ""))

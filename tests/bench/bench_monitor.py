@@ -1,6 +1,6 @@
 """Benchmark of monitor(): its overhead on a real openai stream, and its memory.
 
-    python tests/bench/bench_monitor.py
+    python tests/bench/bench_monitor.py [--rounds N]    # N: 15 unless given
 
 1. The monitored stream against the raw openai stream over the same replayed SSE
    (1 token per chunk, 5 alternatives, 10^4 chunks), as a ratio in one run; runs
@@ -67,12 +67,12 @@ def time_monitored(client: openai.OpenAI) -> float:
     return elapsed
 
 
-def overhead() -> tuple[float, float, list[float]]:
+def overhead(rounds: int = ROUNDS) -> tuple[float, float, list[float]]:
     """Best raw and monitored times, and the ratio of each round (raw and monitored back to back)."""
     client = client_for(replayed_sse(CHUNKS))
     time_raw(client), time_monitored(client)  # warm up
     raw, mon, ratios = [], [], []
-    for i in range(ROUNDS):
+    for i in range(rounds):
         # Alternate which goes first, so neither always runs on a warmer machine.
         if i % 2:
             m, r = time_monitored(client), time_raw(client)
@@ -146,15 +146,19 @@ def held_after(tokens: int) -> int:
 
 
 def main() -> int:
-    print(f"python {sys.version.split()[0]}, openai {openai.__version__}\n")
-    raw, mon, ratios = overhead()
+    from livepplx.accumulator import IMPLEMENTATION
+
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else ROUNDS
+    print(f"python {sys.version.split()[0]}, openai {openai.__version__}, the {IMPLEMENTATION} accumulator\n")
+    raw, mon, ratios = overhead(rounds)
     q1, median, q3 = statistics.quantiles(ratios, n=4)
-    print(f"1. {CHUNKS:,} one-token chunks (5 alternatives) through the openai SDK, {ROUNDS} rounds, CPU time")
+    print(f"1. {CHUNKS:,} one-token chunks (5 alternatives) through the openai SDK, {rounds} rounds, CPU time")
     print(f"   raw stream: {raw * 1e3:.1f} ms   monitored: {mon * 1e3:.1f} ms (best of each)")
     print(f"   overhead per round: median {(median - 1) * 100:+.1f}%  (quartiles {(q1 - 1) * 100:+.1f}% .. "
           f"{(q3 - 1) * 100:+.1f}%)   per chunk: {(mon - raw) / CHUNKS * 1e6:.1f} us")
-    print("   where it goes (us a chunk over the raw stream, medians of 8 rounds):")
-    for name, us in breakdown().items():
+    layer_rounds = max(8, rounds // 2)
+    print(f"   where it goes (us a chunk over the raw stream, medians of {layer_rounds} rounds):")
+    for name, us in breakdown(layer_rounds).items():
         print(f"     {name:28s} {us:6.2f}")
     small, big = held_after(1_000), held_after(1_000_000)
     print("2. memory held by one monitored stream (tracemalloc)")
