@@ -3,7 +3,7 @@
     python docs/page_size.py 50 10000 100000 1000000
 
 Each answer is a chat stream (one token an event, two listed alternatives a token), made
-here and read by ``livepplx.heatmap.replay_page``: once for the CPU time, once under
+here and read by ``livepplx.views.heatmap.replay_page``: once for the CPU time, once under
 tracemalloc for the peak of Python's allocations (the stream's own bytes not counted).
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 import tracemalloc
 
-from livepplx.heatmap import replay_page
+from livepplx.views.heatmap import replay_page
 
 
 def stream(n: int) -> bytes:

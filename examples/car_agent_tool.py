@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import openai
 
-from livepplx.car import CarResult, CarRouter
+from livepplx.decide.car import CarResult, CarRouter
 
 
 class Agent:

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from livepplx.calibrate import CarCalibration, auroc, fit_threshold
+from livepplx.decide.calibrate import CarCalibration, auroc, fit_threshold
 
 
 def main(report_path: str, out: str | None = None) -> CarCalibration:

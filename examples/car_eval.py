@@ -37,10 +37,10 @@ from typing import Any
 
 import openai
 
-from livepplx.calibrate import CalibrationError, CarCalibration, auroc
-from livepplx.car import CarRouter
-from livepplx.stats import ChoiceStats
-from livepplx.triggers import Trigger
+from livepplx.decide.calibrate import CalibrationError, CarCalibration, auroc
+from livepplx.decide.car import CarRouter
+from livepplx.core.stats import ChoiceStats
+from livepplx.core.triggers import Trigger
 
 QUESTIONS = Path(__file__).with_name("car_questions.jsonl")
 SHORT_PROMPT = (

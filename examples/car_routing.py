@@ -15,8 +15,8 @@ import os
 
 import openai
 
-from livepplx.calibrate import CarCalibration
-from livepplx.car import CarResult, CarRouter
+from livepplx.decide.calibrate import CarCalibration
+from livepplx.decide.car import CarResult, CarRouter
 
 
 def main(client: openai.OpenAI, model: str, questions: list[str], calibration: CarCalibration | None = None,

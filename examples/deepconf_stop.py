@@ -18,7 +18,7 @@ import openai
 
 import livepplx
 from livepplx import Trigger, group_confidence_below
-from livepplx.calibrate import deepconf_threshold
+from livepplx.decide.calibrate import deepconf_threshold
 
 WINDOW = 32  # tokens per group (the paper's 2048 suits long reasoning traces, not short answers)
 

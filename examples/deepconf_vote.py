@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import openai
 
-from livepplx.deepconf import DeepConfVoter, Trace, last_number
+from livepplx.decide.deepconf import DeepConfVoter, Trace, last_number
 
 HERE = Path(__file__).resolve().parent
 FEW_SHOT = (

@@ -11,9 +11,9 @@ import sys
 
 from rich.console import Console
 
-from livepplx.gauge import Gauge
+from livepplx.views.gauge import Gauge
 from livepplx.recordings import recording_path
-from livepplx.state import StreamState
+from livepplx.core.state import StreamState
 
 
 def main(path: str = "examples/gauge.svg") -> None:

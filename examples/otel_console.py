@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
 import livepplx
-from livepplx.otel import OtelRecorder
+from livepplx.integrations.otel import OtelRecorder
 
 
 def main(client: openai.OpenAI, model: str, prompts: list[str], stop_above: float = 12.0) -> None:

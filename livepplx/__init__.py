@@ -8,7 +8,7 @@
 ('openai-chat', 50, 10.16)
 """
 
-from .errors import (
+from .core.errors import (
     CallbackError,
     LivepplxError,
     NoLogprobsError,
@@ -18,15 +18,15 @@ from .errors import (
     StreamFormatError,
     TooManyChoicesError,
 )
-from .formats import FORMATS, Parsed, detect_format, parse_chunk
+from .core.formats import FORMATS, Parsed, detect_format, parse_chunk
 from .monitor import AsyncMonitoredStream, MonitoredStream, amonitor, monitor
 from .recordings import RECORDINGS, recording_path
 from .score import score
-from .sse import Event, StreamDecoder
-from .state import Listener, MonitorOptions, Stop, StreamState
-from .stats import ChoiceStats
-from .tokens import Status, Token, make_token
-from .triggers import (
+from .core.sse import Event, StreamDecoder
+from .core.state import Listener, MonitorOptions, Stop, StreamState
+from .core.stats import ChoiceStats
+from .core.tokens import Status, Token, make_token
+from .core.triggers import (
     Condition,
     Escalation,
     Trigger,
@@ -110,20 +110,20 @@ _LAZY = {
     "stream": "client",
     "astream": "client",
     "build_request": "client",
-    "watch": "gauge",
-    "Gauge": "gauge",
-    "CarRouter": "car",
-    "DeepConfVoter": "deepconf",
-    "AsyncDeepConfVoter": "deepconf",
-    "DeepConfPlan": "deepconf",
-    "VoteResult": "deepconf",
-    "AsyncCarRouter": "car",
-    "CarPlan": "car",
-    "CarResult": "car",
-    "CarCalibration": "calibrate",
-    "fit_threshold": "calibrate",
-    "deepconf_threshold": "calibrate",
-    "auroc": "calibrate",
+    "watch": "views.gauge",
+    "Gauge": "views.gauge",
+    "CarRouter": "decide.car",
+    "DeepConfVoter": "decide.deepconf",
+    "AsyncDeepConfVoter": "decide.deepconf",
+    "DeepConfPlan": "decide.deepconf",
+    "VoteResult": "decide.deepconf",
+    "AsyncCarRouter": "decide.car",
+    "CarPlan": "decide.car",
+    "CarResult": "decide.car",
+    "CarCalibration": "decide.calibrate",
+    "fit_threshold": "decide.calibrate",
+    "deepconf_threshold": "decide.calibrate",
+    "auroc": "decide.calibrate",
 }
 
 

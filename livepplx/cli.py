@@ -7,7 +7,7 @@ closed before everything was written (``livepplx replay x.sse --json | head -c 1
 shell reports for ``cat`` cut short by SIGPIPE; nothing is said on stderr).
 
 Text from the model or the server (the answer, an error message, a model's name) reaches
-the terminal by :mod:`livepplx.textsafe`'s rule: control characters and escape sequences
+the terminal by :mod:`livepplx.views.textsafe`'s rule: control characters and escape sequences
 as visible data, never as commands; Rich markup shown as typed.
 """
 
@@ -26,11 +26,11 @@ import tempfile
 import time
 from typing import IO, Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
-from .errors import LivepplxError, NoLogprobsError
+from .core.errors import LivepplxError, NoLogprobsError
 from .recordings import RECORDINGS, recording_path
-from .sse import MAX_EVENT_BYTES
-from .state import StreamState
-from .textsafe import safe_line, safe_text
+from .core.sse import MAX_EVENT_BYTES
+from .core.state import StreamState
+from .views.textsafe import safe_line, safe_text
 
 __all__ = ["main"]
 
@@ -196,12 +196,12 @@ def _recorded(path: str | None, run: _Run, end: bytes = b"") -> Iterator[_Record
 
 
 class _Page:
-    """``--html FILE``: the answer's heatmap page (:mod:`livepplx.heatmap`), fed the chunks the
+    """``--html FILE``: the answer's heatmap page (:mod:`livepplx.views.heatmap`), fed the chunks the
     state is fed, written whole or not at all (the atomic write of ``--record``). An unwritable
     FILE is refused before the stream is read (a trial file made and removed beside it)."""
 
     def __init__(self, path: str, state: StreamState, source: str | None = None) -> None:
-        from . import heatmap
+        from .views import heatmap
 
         self.path = path
         if source is not None and source != "-" and _same_file(path, source):
@@ -234,7 +234,7 @@ class _Page:
 
     def settle(self, code: int, state: StreamState, title: str) -> int:
         """Write the page of what was read (also of a stopped or failed stream); the exit code."""
-        from .heatmap import render
+        from .views.heatmap import render
 
         if state.error is not None and self.pending:
             self.recorder.feed(self.pending.popleft())  # the chunk the state failed on: its tokens before the error
@@ -292,7 +292,7 @@ def _paced(chunks: Iterable[bytes], state: StreamState, tokens_per_second: float
 
 def _one_line(message: str, limit: int = 500) -> str:
     """A server's message on one line (some send tracebacks), cut to a readable length,
-    its control characters shown as data (:func:`~livepplx.textsafe.safe_line`)."""
+    its control characters shown as data (:func:`~livepplx.views.textsafe.safe_line`)."""
     return safe_line(message, limit)
 
 
@@ -432,7 +432,7 @@ class _Run:
         from rich.console import Console
         from rich.live import Live
 
-        from .gauge import REFRESH_PER_SECOND, Gauge
+        from .views.gauge import REFRESH_PER_SECOND, Gauge
 
         console = Console(stderr=False)
         if console.is_terminal:
@@ -543,7 +543,7 @@ def _scene(args: argparse.Namespace, scene: Any) -> int:
     """One scene: its answer (recorded, or live with --local) watched by the scenes' rule,
     which escalates: the stream is closed first, then the escalation is told."""
     from .recordings import QA_STOP, SCENE_PPL, SCENE_WARMUP
-    from .triggers import Trigger, min_tokens, ppl_above
+    from .core.triggers import Trigger, min_tokens, ppl_above
 
     escalations: list[Any] = []
     rule = Trigger(ppl_above(SCENE_PPL) & min_tokens(SCENE_WARMUP), escalate=escalations.append,
@@ -755,7 +755,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .calibrate import CalibrationError, CarCalibration, auroc, fit_threshold
+    from .decide.calibrate import CalibrationError, CarCalibration, auroc, fit_threshold
 
     raw_scores, raw_labels = _labelled(args.path, args.score, args.label)
     scores, labels = np.asarray(raw_scores, dtype=float), np.asarray(raw_labels, dtype=bool)
@@ -802,7 +802,7 @@ def _calibrate(args: argparse.Namespace) -> int:
               + ("; --one-sided escalates only above the upper crossing" if len(cal.thresholds) > 1 else ""))
     print(f"Youden's J: flag {args.score} > {num(youden.threshold)} (catches {youden.true_positive_rate:.0%} of "
           f"incorrect, {youden.false_positive_rate:.0%} of correct)")
-    from .calibration_plot import text_histogram
+    from .views.calibration_plot import text_histogram
 
     print(safe_text(text_histogram(scores, labels, cal, score=args.score)))
     if args.out:
@@ -829,7 +829,7 @@ def _plot_path(text: str) -> str:
 def _save_plot(path: str, scores: Any, labels: Any, cal: Any, score: str) -> None:
     """``calibrate --plot``: the picture made whole in memory, then written by ``--record``'s
     atomic write (an error leaves no half-written file)."""
-    from .calibration_plot import plot_bytes
+    from .views.calibration_plot import plot_bytes
 
     try:
         data = plot_bytes(scores, labels, cal, fmt="svg" if path.lower().endswith(".svg") else "png", score=score)
@@ -932,7 +932,7 @@ def _parser() -> argparse.ArgumentParser:
         "\"top_logprobs\": 5}' | livepplx replay -",
     )
     from . import __version__
-    from .accumulator import IMPLEMENTATION
+    from .core.accumulator import IMPLEMENTATION
 
     # Which accumulator runs belongs in a bug report: the C one is optional (built at install).
     parser.add_argument("--version", action="version",

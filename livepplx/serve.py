@@ -22,7 +22,7 @@ import socket
 import sys
 from typing import Any, AsyncIterator, Sequence
 
-from .errors import LivepplxError
+from .core.errors import LivepplxError
 from .local import MODEL_NAME, LocalClient, LocalStream, default_model
 
 __all__ = ["app", "main"]

@@ -5,7 +5,7 @@
 
 The warm-up traces run in full and set the threshold; the others are stopped (their
 connection closed) as soon as their group confidence drops below it; the answer is the
-confidence-weighted majority (:mod:`livepplx.deepconf`). ``--json`` prints one object: the
+confidence-weighted majority (:mod:`livepplx.decide.deepconf`). ``--json`` prints one object: the
 answer, each candidate's weight, and every trace (tokens, confidence, answer, stopped).
 A vote in which no trace could vote is a result (``answer`` null, and why), exit 0.
 """
@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 from .cli import (DEFAULT_TIMEOUT, MAX_TIMEOUT, MAX_TOKENS, MAX_TOP_LOGPROBS, _answered, _endpoint_arguments, _Fail,
                   _number, _openai_client)
-from .deepconf import EXTRACTORS, ETA_NAMES, DeepConfRun, DeepConfVoter, TraceRow, VoteResult
-from .errors import LivepplxError
-from .textsafe import safe_line
+from .decide.deepconf import EXTRACTORS, ETA_NAMES, DeepConfRun, DeepConfVoter, TraceRow, VoteResult
+from .core.errors import LivepplxError
+from .views.textsafe import safe_line
 
 __all__ = ["add_parser"]
 

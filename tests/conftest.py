@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import pytest
 
 from livepplx.recordings import RECORDINGS, recording_path
-from livepplx.state import StreamState
+from livepplx.core.state import StreamState
 
 # The load test and its upstream run as scripts (python tests/load/run.py), never in the
 # suite: --doctest-modules would import them (the upstream needs aiohttp, LiteLLM's own

@@ -1,6 +1,6 @@
 """The C accumulator against its Python twin: the same statistics, bit for bit, on any stream.
 
-livepplx.accumulator promises that ChoiceStats gives the same floats whichever
+livepplx.core.accumulator promises that ChoiceStats gives the same floats whichever
 accumulator runs (the C one when it is built, else the Python one). Here both run side by
 side on random streams of every kind of value the value policy sorts (ordinary,
 censored, skipped; alternatives that underflow, none, junk), token by token and in
@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livepplx import accumulator
-from livepplx.accumulator import PyAccumulator
-from livepplx.stats import ChoiceStats
-from livepplx.tokens import make_token
+from livepplx.core import accumulator
+from livepplx.core.accumulator import PyAccumulator
+from livepplx.core.stats import ChoiceStats
+from livepplx.core.tokens import make_token
 
 C_BUILT = accumulator.IMPLEMENTATION == "c"
 needs_c = pytest.mark.skipif(not C_BUILT, reason="the C accumulator is not built (or LIVEPPLX_PURE_PYTHON is set)")
@@ -123,7 +123,7 @@ def test_the_c_accumulator_is_built_in_ci() -> None:
     would leave every speed figure of the README untested."""
     if not os.environ.get("CI") or os.environ.get("LIVEPPLX_PURE_PYTHON", "") not in ("", "0"):
         pytest.skip("only CI promises a C compiler")
-    assert C_BUILT, "livepplx._caccumulator did not build: see pip's output for the compiler's error"
+    assert C_BUILT, "livepplx.core._caccumulator did not build: see pip's output for the compiler's error"
 
 
 # -- the C accumulator against hostile tokens: a named error, nothing half-counted, no crash
@@ -133,7 +133,7 @@ class _Tok:
     """A token-like object whose fields can be anything (make_token never makes these)."""
 
     def __init__(self, status: Any = 0, logprob: Any = -1.0, alternatives: Any = ()) -> None:
-        from livepplx.tokens import OK
+        from livepplx.core.tokens import OK
 
         self.status = OK if status == 0 else status
         self.logprob = logprob
@@ -206,8 +206,8 @@ def _run_child(code: str) -> subprocess.CompletedProcess[str]:
 
 _FREE_OLD_ALTERNATIVES = """
     import sys
-    from livepplx.stats import ChoiceStats, _ring
-    from livepplx.tokens import make_token
+    from livepplx.core.stats import ChoiceStats, _ring
+    from livepplx.core.tokens import make_token
 
     stats = ChoiceStats(window=2, group_window=2)
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from livepplx.calibrate import CalibrationError, CarCalibration, auroc, deepconf_threshold, fit_threshold
+from livepplx.decide.calibrate import CalibrationError, CarCalibration, auroc, deepconf_threshold, fit_threshold
 from livepplx.cli import main as cli
-from livepplx.errors import LivepplxError
+from livepplx.core.errors import LivepplxError
 
 RNG = np.random.default_rng(5)
 

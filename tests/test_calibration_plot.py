@@ -1,4 +1,4 @@
-"""The calibration pictures (livepplx.calibration_plot, `calibrate --plot`): the histograms,
+"""The calibration pictures (livepplx.views.calibration_plot, `calibrate --plot`): the histograms,
 the Gaussians, the escalation region (both sides when the rule is two-sided), the ROC and
 its operating points; the text histogram `calibrate` prints; bad input."""
 
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livepplx.calibrate import CalibrationError, CarCalibration, auroc
-from livepplx.calibration_plot import figure, plot_bytes, roc_curve, text_histogram
+from livepplx.decide.calibrate import CalibrationError, CarCalibration, auroc
+from livepplx.views.calibration_plot import figure, plot_bytes, roc_curve, text_histogram
 from livepplx.cli import main
 
 #: The pictures need the extra; the text histogram and the ROC's numbers do not.

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from conftest import CountingBody, openai_clients, sse, sse_response
-from livepplx.calibrate import CarCalibration
-from livepplx.car import LONG_SYSTEM, SHORT_SYSTEM, AsyncCarRouter, CarPlan, CarRouter
+from livepplx.decide.calibrate import CarCalibration
+from livepplx.decide.car import LONG_SYSTEM, SHORT_SYSTEM, AsyncCarRouter, CarPlan, CarRouter
 
 CAL = CarCalibration(mu_correct=1.2, sigma_correct=0.2, mu_incorrect=4.0, sigma_incorrect=1.5,
                      prior_correct=0.6, prior_incorrect=0.4)
@@ -314,7 +314,7 @@ def test_on_a_real_server_a_cut_is_a_cut_and_the_long_answer_is_counted_by_usage
 
 @pytest.mark.parametrize("bad", [{"threshold": "20"}, {"threshold": float("nan")}, {"threshold": 20.0, "warmup": 0}])
 def test_a_plan_with_a_threshold_that_is_not_a_number_fails_when_made(bad: dict) -> None:
-    from livepplx.car import CarPlan
+    from livepplx.decide.car import CarPlan
 
     with pytest.raises(ValueError, match="threshold|warmup"):
         CarPlan("m", **bad)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from conftest import ppl_of, recorded_logprobs, sse
 from livepplx.cli import DEFAULT_TIMEOUT, _parser, main
 from livepplx.recordings import recording_path
-from livepplx.state import StreamState
+from livepplx.core.state import StreamState
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -121,7 +121,7 @@ def test_missing_file_and_usage_errors() -> None:
 
 
 def test_version_says_which_accumulator_runs() -> None:
-    from livepplx.accumulator import IMPLEMENTATION
+    from livepplx.core.accumulator import IMPLEMENTATION
 
     result = run("--version")
     language = "C" if IMPLEMENTATION == "c" else "Python"

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from livepplx import CallbackError, Listener, Trigger, amonitor, min_tokens, monitor, ppl_above
-from livepplx.car import AsyncCarRouter, CarRouter
+from livepplx.decide.car import AsyncCarRouter, CarRouter
 from sse_server import PacedSSEServer, chat_event, completion_event
 
 SLOW = 1.0  # seconds a callback takes: 500 events' worth at one every 2 ms

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from livepplx import NoLogprobsError
-from livepplx.deepconf import (
+from livepplx.decide.deepconf import (
     AsyncDeepConfVoter,
     DeepConfPlan,
     DeepConfRun,
@@ -31,7 +31,7 @@ from livepplx.deepconf import (
     last_number,
     weighted_vote,
 )
-from livepplx.errors import CallbackError
+from livepplx.core.errors import CallbackError
 from sse_server import PacedSSEServer
 
 #: one trace's script: a confidence per token, its words, and the answer it ends with

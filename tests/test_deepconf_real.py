@@ -14,7 +14,7 @@ import openai
 import pytest
 
 import servers
-from livepplx.deepconf import AsyncDeepConfVoter, DeepConfVoter, last_number
+from livepplx.decide.deepconf import AsyncDeepConfVoter, DeepConfVoter, last_number
 
 pytestmark = pytest.mark.real_server
 

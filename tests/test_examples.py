@@ -74,7 +74,7 @@ def test_car_routing(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_car_calibrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from livepplx.calibrate import CarCalibration
+    from livepplx.decide.calibrate import CarCalibration
 
     cal = load("car_calibrate").main(str(EXAMPLES / "car_eval_result.json"), str(tmp_path / "car.json"))
     assert CarCalibration.load(tmp_path / "car.json") == cal

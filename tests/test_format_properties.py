@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ALL_RECORDINGS
-from livepplx.errors import LivepplxError
-from livepplx.formats import FORMATS, detect_format, error_message, parse_chunk
-from livepplx.state import StreamState
+from livepplx.core.errors import LivepplxError
+from livepplx.core.formats import FORMATS, detect_format, error_message, parse_chunk
+from livepplx.core.state import StreamState
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

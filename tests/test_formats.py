@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ALL_RECORDINGS, SHARED_RECORDINGS, chunks_of, ppl_of, recorded_logprobs, replay, sse
-from livepplx.errors import NoLogprobsError
-from livepplx.formats import detect_format, parse_chunk
-from livepplx.state import StreamState
-from livepplx.tokens import Status
+from livepplx.core.errors import NoLogprobsError
+from livepplx.core.formats import detect_format, parse_chunk
+from livepplx.core.state import StreamState
+from livepplx.core.tokens import Status
 
 FORMAT_OF = {
     "llamacpp-server-native-probs": "llamacpp-native",

@@ -12,9 +12,9 @@ from rich.console import Console
 
 from conftest import replay, sse
 from livepplx import Trigger, ppl_above, prob_below
-from livepplx.gauge import Gauge, big_number, ppl_levels, watch
+from livepplx.views.gauge import Gauge, big_number, ppl_levels, watch
 from livepplx.recordings import recording_path
-from livepplx.state import StreamState
+from livepplx.core.state import StreamState
 
 
 def draw(gauge: Gauge, width: int) -> str:

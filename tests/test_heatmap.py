@@ -1,4 +1,4 @@
-"""The heatmap page (livepplx.heatmap, `--html`) without a browser: what it holds, that it
+"""The heatmap page (livepplx.views.heatmap, `--html`) without a browser: what it holds, that it
 agrees with the statistics, that text from the model never becomes markup, and bad input.
 The browser's own checks are in test_heatmap_browser.py."""
 
@@ -19,14 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ALL_RECORDINGS, sse
-from livepplx import heatmap
-from livepplx.errors import NoLogprobsError
-from livepplx.heatmap import TokenRecorder, render, replay_page
+from livepplx.views import heatmap
+from livepplx.core.errors import NoLogprobsError
+from livepplx.views.heatmap import TokenRecorder, render, replay_page
 from livepplx.recordings import recording_path
-from livepplx.state import StreamState
-from livepplx.textsafe import safe_text
-from livepplx.tokens import make_token
-from livepplx.triggers import Trigger, min_tokens, ppl_above, window_ppl_above
+from livepplx.core.state import StreamState
+from livepplx.views.textsafe import safe_text
+from livepplx.core.tokens import make_token
+from livepplx.core.triggers import Trigger, min_tokens, ppl_above, window_ppl_above
 from test_cli_chat import chat, server  # noqa: F401 - the recorded server, as a fixture
 
 

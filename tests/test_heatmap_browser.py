@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from browser import Browser, Page, png_pixels, skip_reason
-from livepplx.heatmap import replay_page
+from livepplx.views.heatmap import replay_page
 from test_heatmap import EVERY_RECORDING, chat_event
 from conftest import sse
 

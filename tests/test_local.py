@@ -279,7 +279,7 @@ def test_stream_on_the_local_client_stops_and_closes_the_generation_first() -> N
 
 
 def test_car_router_runs_on_the_local_client() -> None:
-    from livepplx.car import CarRouter
+    from livepplx.decide.car import CarRouter
 
     model = ScriptedModel(SCRIPT)
     router = CarRouter(LocalClient(model), "gemma", endpoint="completions", threshold=1.5, warmup=2,
@@ -733,7 +733,7 @@ def test_a_stream_read_on_the_idle_reader_thread_frees_the_model_when_closed(mod
     # was left suspended on the helper thread, holding the model, and the interpreter's exit
     # freed llama.cpp under it: a segfault after "livepplx: interrupted").
     from livepplx.monitor import MonitoredStream
-    from livepplx.state import StreamState
+    from livepplx.core.state import StreamState
 
     client = LocalClient(model)
     prompt = QA_PROMPT.format(question="What is the largest planet in the solar system?")

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import livepplx  # noqa: E402
 from conftest import CountingBody, openai_clients, sse, sse_response, token_event  # noqa: E402
 from livepplx import Trigger, min_tokens, monitor, prob_below  # noqa: E402
-from livepplx.otel import OtelRecorder  # noqa: E402
+from livepplx.integrations.otel import OtelRecorder  # noqa: E402
 from livepplx.recordings import recording_path  # noqa: E402
 
 
@@ -121,7 +121,7 @@ def test_telemetry_never_raises_into_the_stream(otel: Any, caplog: pytest.LogCap
             raise RuntimeError("exporter down")
 
     recorder.stops = Broken()  # type: ignore[assignment]
-    with caplog.at_level(logging.WARNING, logger="livepplx.otel"):
+    with caplog.at_level(logging.WARNING, logger="livepplx.integrations.otel"):
         with monitor(open(recording_path("llamacpp-python-chat"), "rb"), listeners=[recorder], stop_above=5.0) as m:
             for _ in m:
                 pass
@@ -151,7 +151,7 @@ def test_no_listener_no_telemetry_even_with_a_global_provider() -> None:
 
         read()
         print("spans without a recorder:", len(spans.get_finished_spans()))
-        from livepplx.otel import OtelRecorder
+        from livepplx.integrations.otel import OtelRecorder
         read(listeners=[OtelRecorder()])  # no providers given: the global ones
         print("spans with one:", [s.name for s in spans.get_finished_spans()])
     """)
@@ -213,7 +213,7 @@ def test_an_infinite_perplexity_is_left_out_not_written_as_a_string(otel: Any, c
     recorder, spans, reader, _ = otel
     body = sse({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop",
                              "logprobs": {"content": [{"token": "a", "logprob": -1000.0}]}}]})
-    with caplog.at_level(logging.WARNING, logger="livepplx.otel"):
+    with caplog.at_level(logging.WARNING, logger="livepplx.integrations.otel"):
         with monitor(iter([body]), listeners=[recorder]) as m:
             for _ in m:
                 pass

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from conftest import ppl_of, replay
-from livepplx.errors import LivepplxError, NoLogprobsError, ServerStreamError, StreamFormatError
+from livepplx.core.errors import LivepplxError, NoLogprobsError, ServerStreamError, StreamFormatError
 from livepplx.score import score
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from livepplx.formats import FAST_PARSERS, FORMATS, TYPED_DECODERS
-from livepplx.state import StreamState
-from livepplx.stats import ChoiceStats
-from livepplx.tokens import make_token
+from livepplx.core.formats import FAST_PARSERS, FORMATS, TYPED_DECODERS
+from livepplx.core.state import StreamState
+from livepplx.core.stats import ChoiceStats
+from livepplx.core.tokens import make_token
 
 ENTRY = {"token": "Hi", "logprob": -0.25, "bytes": [72, 105],
          "top_logprobs": [{"token": "Hi", "logprob": -0.25}, {"token": "Hey", "logprob": -1.75}]}
@@ -224,8 +224,8 @@ def test_events_decoded_in_one_call_read_as_one_by_one(blocks: list[int], cuts: 
     skip, [DONE] and errors as the event-by-event decoding."""
     import msgspec
 
-    from livepplx.formats import TYPED_ARRAY_DECODERS
-    from livepplx.sse import StreamDecoder
+    from livepplx.core.formats import TYPED_ARRAY_DECODERS
+    from livepplx.core.sse import StreamDecoder
 
     # The framing is told by the first read; `first`: that read was one common event alone.
     head = ("data: " + _CHAT + "\n\n").encode() if first else b""

@@ -8,8 +8,8 @@ from typing import Iterable, Iterator
 import pytest
 
 from conftest import replay, sse
-from livepplx.errors import StreamFormatError
-from livepplx.sse import Event, StreamDecoder
+from livepplx.core.errors import StreamFormatError
+from livepplx.core.sse import Event, StreamDecoder
 
 CHUNK = {"choices": [{"index": 0, "delta": {"content": "é"}, "logprobs": {"content": [{"token": "é", "logprob": -0.5}]}}]}
 
@@ -79,7 +79,7 @@ def test_truncated_stream_keeps_what_was_read(cut: int) -> None:
 
 
 def test_garbage_mid_stream_keeps_what_was_read() -> None:
-    from livepplx.state import StreamState
+    from livepplx.core.state import StreamState
 
     state = StreamState()
     state.handle(sse(CHUNK, done=False))
@@ -207,7 +207,7 @@ def test_invalid_utf8_keeps_the_events_before_it_and_names_the_byte() -> None:
 
 
 def test_invalid_utf8_after_a_whole_event_in_one_read_keeps_its_tokens() -> None:
-    from livepplx.state import StreamState
+    from livepplx.core.state import StreamState
 
     state = StreamState()
     state.handle(sse(CHUNK, done=False) + b"\xff\n\n")

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livepplx.errors import StreamFormatError
-from livepplx.sse import Event, StreamDecoder
+from livepplx.core.errors import StreamFormatError
+from livepplx.core.sse import Event, StreamDecoder
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from livepplx.stats import ChoiceStats, EWMean, Mean, RollingMean, Variance, topk_entropy
-from livepplx.tokens import make_token
+from livepplx.core.stats import ChoiceStats, EWMean, Mean, RollingMean, Variance, topk_entropy
+from livepplx.core.tokens import make_token
 
 RNG_SEED = 20261123
 

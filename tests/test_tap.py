@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livepplx import Listener, NoLogprobsError, StreamState, Trigger, min_tokens, recording_path
-from livepplx.errors import CallbackError
+from livepplx.core.errors import CallbackError
 from livepplx.integrations.tap import ID_HEADER, AsyncMonitorTransport, MonitorTransport, Tap
 
 LIBRARIES = ["httpx"] + (["httpx2"] if importlib.util.find_spec("httpx2") else [])

@@ -23,9 +23,9 @@ from rich.console import Console
 from conftest import sse, token_event
 from livepplx import Trigger, prob_below
 from livepplx.cli import main
-from livepplx.gauge import Gauge
-from livepplx.state import StreamState
-from livepplx.textsafe import safe_line, safe_text
+from livepplx.views.gauge import Gauge
+from livepplx.core.state import StreamState
+from livepplx.views.textsafe import safe_line, safe_text
 
 #: What a hostile answer or error message can hold.
 NASTY = "\x1b]0;pwned\x07" + "\x1b[2J" + "over\rwrite\x08" + "\x9b31m" + "\u202eevil" + "\ud800" + "\x00\x7f"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from livepplx.tokens import UNLISTED_FLOOR, Status, make_token
+from livepplx.core.tokens import UNLISTED_FLOOR, Status, make_token
 
 
 @pytest.mark.parametrize(

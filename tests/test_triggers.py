@@ -21,8 +21,8 @@ from livepplx import (
     sustained,
     window_ppl_above,
 )
-from livepplx.stats import ChoiceStats
-from livepplx.tokens import make_token
+from livepplx.core.stats import ChoiceStats
+from livepplx.core.tokens import make_token
 
 
 def fed(logprobs: list[float], alternatives: list[list[float]] | None = None, **options: object) -> ChoiceStats:

@@ -3,7 +3,7 @@
 LangChain's ``ChatOpenAI(logprobs=True, top_logprobs=k)`` hands each streamed token's
 logprobs to its callbacks (``chunk.generation_info["logprobs"]``, the same
 ``{"content": [...]}`` the server sent, choice 0 only). :class:`LivepplxCallbackHandler`
-reads them into one :class:`~livepplx.state.StreamState` per run (per chat model call:
+reads them into one :class:`~livepplx.core.state.StreamState` per run (per chat model call:
 a LangGraph agent makes one per step), so the statistics are those of the server's
 stream, token by token::
 
@@ -40,13 +40,13 @@ the whole answer's logprobs come in ``on_llm_end`` and are scored there, once.
 **What is read.** A ``ChatGenerationChunk`` is read as an OpenAI chat chunk (its text, its
 ``logprobs``, its ``finish_reason``), a ``GenerationChunk`` of a completion model as a
 completions chunk. Text without logprobs (a model that does not send them, or
-``logprobs=True`` forgotten) is :class:`~livepplx.errors.NoLogprobsError`; a chunk of any
-other kind is not a stream livepplx can read (:class:`~livepplx.errors.StreamFormatError`
+``logprobs=True`` forgotten) is :class:`~livepplx.core.errors.NoLogprobsError`; a chunk of any
+other kind is not a stream livepplx can read (:class:`~livepplx.core.errors.StreamFormatError`
 when the run ends), never "0 tokens". The LangChain Responses path
 (``use_responses_api=True``) streams no logprobs.
 
 Triggers' callbacks run synchronously (LangChain calls this handler inline, also from
-``ainvoke``/``astream``): an ``async def`` callback is a :class:`~livepplx.errors.CallbackError`.
+``ainvoke``/``astream``): an ``async def`` callback is a :class:`~livepplx.core.errors.CallbackError`.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Sequence
 from uuid import UUID
 
-from ..errors import CallbackError, LivepplxError, ServerStreamError, StreamFormatError
-from ..state import Due, MonitorOptions, Stop, StreamState, make_options
+from ..core.errors import CallbackError, LivepplxError, ServerStreamError, StreamFormatError
+from ..core.state import Due, MonitorOptions, Stop, StreamState, make_options
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -73,7 +73,7 @@ except ImportError as e:  # pragma: no cover - the module imports without the ex
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ..state import MonitorKeywords
+    from ..core.state import MonitorKeywords
 
 __all__ = ["LivepplxCallbackHandler", "StreamStopped", "as_openai_chunk"]
 
@@ -146,7 +146,7 @@ class LivepplxCallbackHandler(BaseCallbackHandler):
     """Watch every chat model run it is given to: live statistics per run id, triggers, a stop.
 
     Args:
-        options: a :class:`~livepplx.state.MonitorOptions`, or its fields as keywords
+        options: a :class:`~livepplx.core.state.MonitorOptions`, or its fields as keywords
             (``stop_above=20``, ``triggers=[...]``, ``on_missing_logprobs="warn"``, ...):
             the same for every run.
         keep: how many runs' statistics are kept, the newest (default 100).

@@ -32,7 +32,7 @@ What LiteLLM does to logprobs (checked with litellm 1.110): they pass through pe
 a stream that ends without any ``finish_reason`` is raised by LiteLLM itself as
 ``MidStreamFallbackError``. ``drop_params=True`` may drop ``logprobs`` for a provider LiteLLM
 believes does not take them: the text then comes without logprobs, which is
-:class:`~livepplx.errors.NoLogprobsError`, never "0 tokens".
+:class:`~livepplx.core.errors.NoLogprobsError`, never "0 tokens".
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..monitor import AsyncMonitoredStream, MonitoredStream, amonitor, monitor
-from ..state import OPTION_NAMES, MonitorOptions
+from ..core.state import OPTION_NAMES, MonitorOptions
 
 __all__ = ["completion", "acompletion", "request"]
 
@@ -74,7 +74,7 @@ def completion(options: MonitorOptions | None = None, *, idle_timeout: float | N
     """``litellm.completion(**kwargs)``, streamed with logprobs and monitored.
 
     ``kwargs`` are LiteLLM's (``model``, ``messages``, ``api_base``, ...) and the monitor's
-    (``stop_above``, ``triggers``, ``listeners``, ...: :class:`~livepplx.state.MonitorOptions`);
+    (``stop_above``, ``triggers``, ``listeners``, ...: :class:`~livepplx.core.state.MonitorOptions`);
     the chunks are LiteLLM's, unchanged. Escalations get the LiteLLM request.
     """
     call, monitor_kw = request(kwargs)

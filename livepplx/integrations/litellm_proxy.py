@@ -59,7 +59,7 @@ unwatched: the client's stream never breaks because of livepplx.
 **Metrics.** Every stream is counted by :class:`~livepplx.integrations.prometheus.PrometheusListener`
 on the process's default registry (LiteLLM's own ``/metrics`` serves it when its ``prometheus``
 callback is on), and served on ``http://127.0.0.1:$LIVEPPLX_METRICS_PORT/metrics`` when that
-variable is set. Other listeners (e.g. :class:`~livepplx.otel.OtelRecorder`) go in
+variable is set. Other listeners (e.g. :class:`~livepplx.integrations.otel.OtelRecorder`) go in
 ``LivepplxCallback(listeners=[...])``. Each stream's state lives in the replica that serves it:
 nothing is shared between replicas.
 
@@ -82,9 +82,9 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
 
-from ..errors import LivepplxError  # noqa: E402
-from ..state import Listener, MonitorOptions, StreamState  # noqa: E402
-from ..triggers import Trigger, group_confidence_below, min_tokens, ppl_above, window_ppl_above  # noqa: E402
+from ..core.errors import LivepplxError  # noqa: E402
+from ..core.state import Listener, MonitorOptions, StreamState  # noqa: E402
+from ..core.triggers import Trigger, group_confidence_below, min_tokens, ppl_above, window_ppl_above  # noqa: E402
 
 try:
     from litellm.integrations.custom_logger import CustomLogger
@@ -537,7 +537,7 @@ class LivepplxCallback(CustomLogger):
             :class:`~livepplx.integrations.prometheus.PrometheusListener`, or False.
         metrics_port: serve the registry on ``127.0.0.1:PORT/metrics`` (default:
             ``$LIVEPPLX_METRICS_PORT``, if set).
-        listeners: more :class:`~livepplx.state.Listener` objects told of each stream.
+        listeners: more :class:`~livepplx.core.state.Listener` objects told of each stream.
     """
 
     def __init__(self, default: Mapping[str, Any] | None = None, models: Mapping[str, Mapping[str, Any]] | None = None,

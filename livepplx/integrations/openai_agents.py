@@ -5,7 +5,7 @@ With ``ModelSettings(top_logprobs=k)`` a chat-completions model
 ``response.output_text.delta`` events (``RawResponsesStreamEvent.data.logprobs``), which
 livepplx reads as they are. (llama-server's own ``/v1/responses`` streams no logprobs: use
 the chat-completions model against it.) :class:`RunMonitor` reads a run's events into one
-:class:`~livepplx.state.StreamState` per model response, and passes every event on::
+:class:`~livepplx.core.state.StreamState` per model response, and passes every event on::
 
     from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
     from livepplx.integrations.openai_agents import RunMonitor
@@ -38,9 +38,9 @@ guardrail runs): pass ``hooks=monitor`` to the run. They are the same numbers as
 ones (the same logprobs, kept by the SDK in the response's ``output_text`` parts), and they
 are there for ``Runner.run`` too.
 
-**What is read.** The raw events, by the type rule of :mod:`livepplx.formats` (the SDK's
+**What is read.** The raw events, by the type rule of :mod:`livepplx.core.formats` (the SDK's
 events are all Responses-shaped). Text without logprobs (``ModelSettings(top_logprobs=...)``
-forgotten, or a model whose path drops them) is :class:`~livepplx.errors.NoLogprobsError`
+forgotten, or a model whose path drops them) is :class:`~livepplx.core.errors.NoLogprobsError`
 from :meth:`~RunMonitor.watch`, and the run is cancelled: never "0 tokens". A response with
 no text (a tool call) has 0 tokens and no error.
 """
@@ -51,9 +51,9 @@ import inspect
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator, Literal, Sequence
 
-from ..errors import CallbackError, LivepplxError, ServerStreamError, StreamFormatError
+from ..core.errors import CallbackError, LivepplxError, ServerStreamError, StreamFormatError
 from ..score import score
-from ..state import Due, MonitorOptions, Stop, StreamState, make_options
+from ..core.state import Due, MonitorOptions, Stop, StreamState, make_options
 
 try:
     from agents import Agent, GuardrailFunctionOutput, ModelResponse, OutputGuardrail, RunContextWrapper, RunHooks
@@ -72,7 +72,7 @@ except ImportError as e:  # pragma: no cover - the module imports without the ex
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ..state import MonitorKeywords
+    from ..core.state import MonitorKeywords
 
 __all__ = ["RunMonitor", "score_response"]
 
@@ -93,7 +93,7 @@ class RunMonitor(RunHooks[Any]):
     """Watch the model responses of Agents SDK runs: live statistics, triggers, a stop, a guardrail.
 
     Args:
-        options: a :class:`~livepplx.state.MonitorOptions`, or its fields as keywords
+        options: a :class:`~livepplx.core.state.MonitorOptions`, or its fields as keywords
             (``stop_above=20``, ``triggers=[...]``, ...): the same for every response.
         cancel_mode: how a stop cancels the run: ``"immediate"`` (default: the model's
             stream is closed now) or ``"after_turn"`` (the SDK lets the turn finish: the

@@ -1,6 +1,6 @@
 """Prometheus metrics of monitored generations (``pip install 'livepplx[gateway]'``).
 
-:class:`PrometheusListener` is a :class:`~livepplx.state.Listener`: give it to any monitored
+:class:`PrometheusListener` is a :class:`~livepplx.core.state.Listener`: give it to any monitored
 stream (``livepplx.stream(..., listeners=[metrics])``, the tap, the LiteLLM proxy callback) and
 it counts, labelled by model (and trigger, for stops):
 
@@ -42,7 +42,7 @@ import math
 import threading
 from typing import Any
 
-from ..state import Listener, Stop, StreamState
+from ..core.state import Listener, Stop, StreamState
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from ..errors import LivepplxError
+from ..core.errors import LivepplxError
 from .tap import Tap
 
 __all__ = ["tapped_provider", "retry_above"]

@@ -2,7 +2,7 @@
 
 Agent frameworks drop or mangle logprobs on their own streaming paths, but nearly all of them
 accept an HTTP client. The tap sits in that client, under the framework: every streamed answer's
-raw bytes are fed to a :class:`~livepplx.state.StreamState` as they pass, and every whole answer
+raw bytes are fed to a :class:`~livepplx.core.state.StreamState` as they pass, and every whole answer
 is scored (:func:`livepplx.score`)::
 
     import httpx2, openai
@@ -76,7 +76,7 @@ where these settings say otherwise:
 * A stop ends the stream early (below).
 
 **Stop.** Triggers, listeners, ``stop_above`` and escalations work as in :func:`~livepplx.monitor`
-(a :class:`~livepplx.state.MonitorOptions` or its fields as keywords). When a trigger stops a
+(a :class:`~livepplx.core.state.MonitorOptions` or its fields as keywords). When a trigger stops a
 stream, or :meth:`Tap.stop` was called (it takes effect at the next chunk), the tap closes the
 upstream response FIRST (the server stops generating), then runs the callbacks that became due
 (``call`` then ``escalate``; awaited in the async transport), then ``on_end``, then hands the
@@ -105,9 +105,9 @@ most ``text_limit`` characters of each choice's text.
 livepplx cannot read, missing logprobs, a callback that raises, a bug) is recorded on that
 answer's state (``state.error``), logged once per kind on the ``livepplx.tap`` logger, and the
 bytes pass on unchanged. Two errors reach the caller's read because they were asked for:
-:class:`~livepplx.errors.NoLogprobsError` with ``on_missing_logprobs="raise"`` (the tap's
+:class:`~livepplx.core.errors.NoLogprobsError` with ``on_missing_logprobs="raise"`` (the tap's
 default is ``"warn"``: record and log; ``"ignore"``: nothing), and a callback's exception, as
-:class:`~livepplx.errors.CallbackError` after the upstream was closed, with
+:class:`~livepplx.core.errors.CallbackError` after the upstream was closed, with
 ``callback_errors="raise"`` (default ``"record"``). Whole answers never raise: the SDKs retry
 and wrap what a transport raises. The transport's own errors (a dropped connection) reach the
 caller as they would have, and are recorded.
@@ -128,15 +128,15 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Literal, Union
 
-from ..errors import HOW_TO_ASK_WHOLE, CallbackError, LivepplxError, NoLogprobsError, StreamFormatError
+from ..core.errors import HOW_TO_ASK_WHOLE, CallbackError, LivepplxError, NoLogprobsError, StreamFormatError
 from ..score import score
-from ..state import Due, MissingPolicy, MonitorOptions, StreamState, make_options
+from ..core.state import Due, MissingPolicy, MonitorOptions, StreamState, make_options
 
 if TYPE_CHECKING:
     import httpx
     from typing_extensions import Unpack
 
-    from ..state import MonitorKeywords
+    from ..core.state import MonitorKeywords
 
 __all__ = ["Tap", "MonitorTransport", "AsyncMonitorTransport", "DEFAULT_ENDPOINTS", "ID_HEADER", "EndCallback"]
 
@@ -733,10 +733,10 @@ class Tap:
     """The settings and the statistics shared by the transports made from it.
 
     Args:
-        options: a :class:`~livepplx.state.MonitorOptions` for every answer; or give its fields
+        options: a :class:`~livepplx.core.state.MonitorOptions` for every answer; or give its fields
             as keywords (``stop_above=20``, ``triggers=[...]``, ``listeners=[...]``, ``window``, ...).
             ``on_missing_logprobs`` defaults to ``"warn"`` here (record and log; ``"raise"`` raises
-            :class:`~livepplx.errors.NoLogprobsError` into the caller's read of a stream).
+            :class:`~livepplx.core.errors.NoLogprobsError` into the caller's read of a stream).
         ask_logprobs: ask for logprobs when the caller did not, and take them out of what comes
             back (default True).
         top_logprobs: the alternatives asked for (default 5; 0 to 20).
@@ -750,7 +750,7 @@ class Tap:
         endpoints: path endings to watch (default :data:`DEFAULT_ENDPOINTS`); others pass untouched.
         callback_errors: ``"record"`` (default) or ``"raise"``: a trigger's callback or ``on_end``
             that raises is recorded and logged, or raised into the caller's read as
-            :class:`~livepplx.errors.CallbackError` (triggers' callbacks only).
+            :class:`~livepplx.core.errors.CallbackError` (triggers' callbacks only).
     """
 
     def __init__(

@@ -3,7 +3,7 @@
     python tests/bench/bench_core.py                 # wall clock, best of 5 runs each
     python tests/bench/bench_core.py --instructions  # the pipelines' ratios in instructions (valgrind)
 
-Both accumulators are measured (livepplx.accumulator: the C one, and its Python twin that
+Both accumulators are measured (livepplx.core.accumulator: the C one, and its Python twin that
 runs where the extension is not built): sections 1 and 4 run again in a child process
 with ``LIVEPPLX_PURE_PYTHON=1``, each against its own floor measured beside it.
 
@@ -38,11 +38,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from livepplx.accumulator import IMPLEMENTATION
+from livepplx.core.accumulator import IMPLEMENTATION
 from livepplx.recordings import recording_path
-from livepplx.state import StreamState
-from livepplx.stats import ChoiceStats, Mean
-from livepplx.tokens import make_token
+from livepplx.core.state import StreamState
+from livepplx.core.stats import ChoiceStats, Mean
+from livepplx.core.tokens import make_token
 
 REPEATS = 5
 CHUNKS = 10_000
@@ -229,8 +229,8 @@ def decoders(chunks: int = CHUNKS) -> dict[str, float]:
     """Seconds to decode the chat bytes into JSON values, decoder against decoder."""
     from openai._streaming import SSEDecoder
 
-    from livepplx.formats import TYPED_ARRAY_DECODERS, TYPED_DECODERS
-    from livepplx.sse import StreamDecoder
+    from livepplx.core.formats import TYPED_ARRAY_DECODERS, TYPED_DECODERS
+    from livepplx.core.sse import StreamDecoder
 
     pieces = pieces_of(format_bytes("openai-chat", chunks))
 

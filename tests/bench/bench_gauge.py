@@ -16,10 +16,10 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from livepplx.gauge import REFRESH_PER_SECOND, Gauge
+from livepplx.views.gauge import REFRESH_PER_SECOND, Gauge
 from livepplx.monitor import MonitoredStream
 from livepplx.recordings import recording_path
-from livepplx.state import StreamState
+from livepplx.core.state import StreamState
 
 PACE = 2000.0  # tokens per second
 TOKENS = 8000

@@ -36,9 +36,9 @@ import sys
 sys.path.insert(0, {bench!r})
 import bench_monitor as b
 from livepplx import monitor
-from livepplx.formats import parse_openai_chat
-from livepplx.state import StreamState
-from livepplx.stats import ChoiceStats
+from livepplx.core.formats import parse_openai_chat
+from livepplx.core.state import StreamState
+from livepplx.core.stats import ChoiceStats
 
 layer, n = sys.argv[1], int(sys.argv[2])
 client = b.client_for(b.replayed_sse(n))
@@ -87,7 +87,7 @@ def main() -> int:
         counts = dict(zip(runs, pool.map(lambda run: instructions(*run), runs)))
     per_chunk = {layer: (counts[layer, CHUNKS] - counts[layer, 1]) / (CHUNKS - 1) for layer in LAYERS}
     raw = per_chunk["raw"]
-    from livepplx.accumulator import IMPLEMENTATION  # the children see the same LIVEPPLX_PURE_PYTHON
+    from livepplx.core.accumulator import IMPLEMENTATION  # the children see the same LIVEPPLX_PURE_PYTHON
 
     print(f"instructions a chunk (one token, 5 alternatives), from {CHUNKS:,} chunks minus 1; "
           f"the {IMPLEMENTATION} accumulator:")

@@ -90,9 +90,9 @@ def breakdown(rounds: int = 8) -> dict[str, float]:
     later layers on a warmer, slower machine: +4.9% for the whole wrapper, against +2.0% shuffled)."""
     import random
 
-    from livepplx.formats import parse_openai_chat
-    from livepplx.state import StreamState
-    from livepplx.stats import ChoiceStats
+    from livepplx.core.formats import parse_openai_chat
+    from livepplx.core.state import StreamState
+    from livepplx.core.stats import ChoiceStats
 
     client = client_for(replayed_sse(CHUNKS))
 
@@ -154,7 +154,7 @@ def held_after(tokens: int) -> int:
 
 
 def main() -> int:
-    from livepplx.accumulator import IMPLEMENTATION
+    from livepplx.core.accumulator import IMPLEMENTATION
 
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else ROUNDS
     print(f"python {sys.version.split()[0]}, openai {openai.__version__}, the {IMPLEMENTATION} accumulator\n")

@@ -74,7 +74,7 @@ class Listener:
     """Told of a stream's life, never of each token (so it costs nothing per token).
 
     Listeners are told inline, as the state records each thing: they must not block.
-    Subclass and override what you need; :mod:`livepplx.otel` is one.
+    Subclass and override what you need; :mod:`livepplx.integrations.otel` is one.
     """
 
     def on_start(self, state: StreamState) -> None:
@@ -122,9 +122,9 @@ class MonitorOptions:
             not one logprob: ``"raise"`` :class:`NoLogprobsError` (default), ``"warn"``, ``"ignore"``.
         missing_after: how many chunks of text without logprobs prove the endpoint drops them (default 3).
         max_choices: distinct choice indexes one stream may name (default 256; each costs
-            about 34 kB); past it, :class:`~livepplx.errors.TooManyChoicesError`.
+            about 34 kB); past it, :class:`~livepplx.core.errors.TooManyChoicesError`.
         max_event_bytes: the longest line or event raw input may have (default 8 MiB);
-            a longer one is malformed (:class:`~livepplx.sse.StreamDecoder`).
+            a longer one is malformed (:class:`~livepplx.core.sse.StreamDecoder`).
         listeners: objects told of the stream's life (:class:`Listener`): telemetry, for one.
     """
 
@@ -239,7 +239,7 @@ class StreamState:
         self.options = opts = make_options(options, dict(keywords))
         self._stats_options = opts.stats_options()
         self.text_limit = opts.text_limit
-        #: the detected wire format (a key of :data:`livepplx.formats.FORMATS`), None until known
+        #: the detected wire format (a key of :data:`livepplx.core.formats.FORMATS`), None until known
         self.format: str | None = None
         #: statistics by choice index
         self.choices: dict[int, ChoiceStats] = {}

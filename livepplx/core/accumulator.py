@@ -1,8 +1,8 @@
-"""The running sums behind :class:`~livepplx.stats.ChoiceStats`, and their per-token update.
+"""The running sums behind :class:`~livepplx.core.stats.ChoiceStats`, and their per-token update.
 
 Two implementations of one thing, chosen at import:
 
-- ``livepplx._caccumulator.Accumulator``, in C, built when livepplx is installed with a C
+- ``livepplx.core._caccumulator.Accumulator``, in C, built when livepplx is installed with a C
   compiler at hand (a few hundred instructions a token, against ~13k in Python: a third of
   what a raw reader spends on a chunk of a stream);
 - :class:`PyAccumulator` below, its Python twin, used when the extension is not built or
@@ -12,7 +12,7 @@ Both do the same IEEE operations in the same order with the same ``exp`` and ``l
 (libm's, which Python's math module calls), so they agree bit for bit:
 ``tests/test_accumulator.py`` checks it on random streams. :data:`IMPLEMENTATION` says
 which one runs. The state is held in attributes of the same names in both, which
-:class:`~livepplx.stats.ChoiceStats` sets in ``__init__`` and reads in its properties.
+:class:`~livepplx.core.stats.ChoiceStats` sets in ``__init__`` and reads in its properties.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ _nan = math.nan
 class PyAccumulator:
     """The Python twin of the C accumulator (see the module's docstring).
 
-    How it stays cheap: one method does the work of :class:`~livepplx.stats.Mean`,
-    :class:`~livepplx.stats.EWMean`, :class:`~livepplx.stats.Variance` and
-    :func:`~livepplx.stats.topk_entropy`'s sums (a call and the attribute traffic of each
+    How it stays cheap: one method does the work of :class:`~livepplx.core.stats.Mean`,
+    :class:`~livepplx.core.stats.EWMean`, :class:`~livepplx.core.stats.Variance` and
+    :func:`~livepplx.core.stats.topk_entropy`'s sums (a call and the attribute traffic of each
     small statistic cost more than its arithmetic).
     """
 
@@ -165,8 +165,8 @@ class PyAccumulator:
         bit, with the state held in locals for the run (what a raw reader does with the
         tokens of one read, when nothing watches them one by one).
 
-        >>> from livepplx.stats import ChoiceStats
-        >>> from livepplx.tokens import make_token
+        >>> from livepplx.core.stats import ChoiceStats
+        >>> from livepplx.core.tokens import make_token
         >>> a, b = ChoiceStats(), ChoiceStats()
         >>> ts = [make_token(0, "", lp, [lp, lp - 1]) for lp in (-0.5, -2.0, -0.1)]
         >>> for t in ts:

@@ -1,6 +1,6 @@
 """The Rich terminal gauge: a live view of a monitored stream, and :func:`watch`.
 
-:class:`Gauge` is a Rich renderable over a :class:`~livepplx.state.StreamState`. It
+:class:`Gauge` is a Rich renderable over a :class:`~livepplx.core.state.StreamState`. It
 records a little history per token (a bounded sparkline and the recent tokens) and
 draws only when Rich asks: on :class:`rich.live.Live` that is about ten times a
 second, whatever the token rate.
@@ -22,12 +22,12 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from .monitor import MonitoredStream, monitor
-from .state import StreamState
-from .stats import ChoiceStats
+from ..monitor import MonitoredStream, monitor
+from ..core.state import StreamState
+from ..core.stats import ChoiceStats
 from .textsafe import safe_line, safe_text
-from .tokens import Token
-from .triggers import AllOf, AnyOf, Condition, Trigger, ppl_above, sustained
+from ..core.tokens import Token
+from ..core.triggers import AllOf, AnyOf, Condition, Trigger, ppl_above, sustained
 
 __all__ = ["Gauge", "watch", "big_number", "sparkline", "ppl_levels"]
 
@@ -251,7 +251,7 @@ class Gauge:
     @staticmethod
     def _coloured_text(recent: list[tuple[str, float]], limit: int) -> Text:
         """The last ``limit`` characters of the answer, each token coloured by its surprisal
-        (controls shown as data: :func:`~livepplx.textsafe.safe_text`)."""
+        (controls shown as data: :func:`~livepplx.views.textsafe.safe_text`)."""
         kept: list[tuple[str, float]] = []
         size = 0
         for piece, lp in reversed(recent):

@@ -31,7 +31,7 @@ from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 
-from .errors import CalibrationError
+from ..core.errors import CalibrationError
 
 __all__ = ["CarCalibration", "CalibrationError", "ThresholdFit", "fit_threshold", "auroc", "deepconf_threshold"]
 

@@ -9,13 +9,13 @@ final perplexity), and feeds metrics: histograms of the final perplexity and of 
 tokens saved by early stops, counters of stops and escalations, labelled by model and
 trigger.
 
-    from livepplx.otel import OtelRecorder
+    from livepplx.integrations.otel import OtelRecorder
     telemetry = OtelRecorder()                     # the global tracer and meter providers
     with livepplx.stream(client, model="gpt-4o-mini", messages=msgs, stop_above=20,
                          listeners=[telemetry]) as s:
         ...
 
-It is a :class:`~livepplx.state.Listener`: nothing happens per token, and nothing is
+It is a :class:`~livepplx.core.state.Listener`: nothing happens per token, and nothing is
 recorded unless you pass one. It never raises into the stream: a failure of the
 telemetry is logged once and the stream goes on.
 
@@ -34,13 +34,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from .state import Listener, Stop, StreamState
-from .triggers import Trigger, TriggerEvent
+from ..core.state import Listener, Stop, StreamState
+from ..core.triggers import Trigger, TriggerEvent
 
 try:
     from opentelemetry import context, metrics, trace
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("livepplx.otel needs OpenTelemetry: pip install 'livepplx[otel]'") from e
+    raise ImportError("livepplx.integrations.otel needs OpenTelemetry: pip install 'livepplx[otel]'") from e
 
 __all__ = ["OtelRecorder"]
 

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Sequence, Union
 
 from .calibrate import deepconf_threshold
-from .errors import CallbackError, NoLogprobsError
-from .monitor import _Monitored
-from .stats import ChoiceStats, json_number
-from .triggers import Condition, Trigger
+from ..core.errors import CallbackError, NoLogprobsError
+from ..monitor import _Monitored
+from ..core.stats import ChoiceStats, json_number
+from ..core.triggers import Condition, Trigger
 
 __all__ = [
     "DeepConfVoter",
@@ -581,7 +581,7 @@ class DeepConfRun:
 
     def finished(self, request: _Request, outcome: Outcome) -> list[Trace]:
         """The request is over: read its traces. Raises what must end the whole vote: a server
-        without logprobs (:class:`~livepplx.errors.NoLogprobsError`)."""
+        without logprobs (:class:`~livepplx.core.errors.NoLogprobsError`)."""
         stream, error = outcome
         with self._lock:
             self._running -= 1
@@ -824,7 +824,7 @@ class DeepConfVoter(_Voter):
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _stream(self, run: DeepConfRun, request: _Request) -> Outcome:
-        from .client import stream
+        from ..client import stream
 
         s = None
         try:
@@ -895,7 +895,7 @@ class AsyncDeepConfVoter(_Voter):
             raise
 
     async def _stream(self, run: DeepConfRun, request: _Request) -> Outcome:
-        from .client import astream
+        from ..client import astream
 
         s = None
         try:

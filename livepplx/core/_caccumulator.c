@@ -1,7 +1,7 @@
 /*
- * livepplx._caccumulator: the per-token arithmetic of ChoiceStats, in C.
+ * livepplx.core._caccumulator: the per-token arithmetic of ChoiceStats, in C.
  *
- * The same operations as livepplx/accumulator.py's PyAccumulator, in the same order, on
+ * The same operations as livepplx/core/accumulator.py's PyAccumulator, in the same order, on
  * IEEE doubles, with the libm exp() and log() that Python's math module calls: the results
  * are the same bit for bit (tests/test_accumulator.py checks it on random streams). Built
  * with -ffp-contract=off so that no compiler fuses a multiply and an add into one rounding
@@ -36,7 +36,7 @@ typedef struct {
 } Accumulator;
 
 static PyObject *s_status, *s_logprob, *s_alternatives; /* interned attribute names */
-static PyObject *OK, *SKIPPED;                          /* livepplx.tokens.OK, .SKIPPED */
+static PyObject *OK, *SKIPPED;                          /* livepplx.core.tokens.OK, .SKIPPED */
 
 static PyObject *
 Accumulator_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -216,7 +216,7 @@ rings(Accumulator *self, double **ws, double **wc, double **gs, double **gc)
 }
 
 /* One token: 0, or -1 with an exception set, having counted nothing (a token of the wrong
- * types, which livepplx.tokens.make_token never makes). Everything that can run Python
+ * types, which livepplx.core.tokens.make_token never makes). Everything that can run Python
  * code (reading the token's fields, a value's __float__) is done before the first write,
  * and the rings' memory is looked up after it: code that reassigns a ring meanwhile
  * cannot make this write into a released buffer. The alternatives' sums come first; they
@@ -389,8 +389,8 @@ static PyMethodDef Accumulator_methods[] = {
 
 static PyTypeObject AccumulatorType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "livepplx._caccumulator.Accumulator",
-    .tp_doc = "The running sums behind ChoiceStats, updated in C (see livepplx.accumulator).",
+    .tp_name = "livepplx.core._caccumulator.Accumulator",
+    .tp_doc = "The running sums behind ChoiceStats, updated in C (see livepplx.core.accumulator).",
     .tp_basicsize = sizeof(Accumulator),
     .tp_itemsize = 0,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
@@ -406,8 +406,8 @@ static PyTypeObject AccumulatorType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "livepplx._caccumulator",
-    .m_doc = "The per-token arithmetic of ChoiceStats, in C (optional; livepplx.accumulator has its Python twin).",
+    .m_name = "livepplx.core._caccumulator",
+    .m_doc = "The per-token arithmetic of ChoiceStats, in C (optional; livepplx.core.accumulator has its Python twin).",
     .m_size = -1,
 };
 
@@ -420,7 +420,7 @@ PyInit__caccumulator(void)
     s_alternatives = PyUnicode_InternFromString("alternatives");
     if (s_status == NULL || s_logprob == NULL || s_alternatives == NULL)
         return NULL;
-    tokens = PyImport_ImportModule("livepplx.tokens");
+    tokens = PyImport_ImportModule("livepplx.core.tokens");
     if (tokens == NULL)
         return NULL;
     OK = PyObject_GetAttrString(tokens, "OK");

@@ -13,7 +13,7 @@ trigger levels and where triggers fired; then the summary statistics; one sectio
 (True, False)
 
 Text from the model or the server is shown, never run: the page's text goes through
-:func:`html.escape` after :mod:`livepplx.textsafe`'s rule (controls as visible data, lone
+:func:`html.escape` after :mod:`livepplx.views.textsafe`'s rule (controls as visible data, lone
 surrogates as escapes), and the data the script reads is JSON in a
 ``<script type="application/json">`` block, ASCII only, with ``<``, ``>`` and ``&``
 written as ``\\u003c``... so that no ``</script>`` or ``<!--`` can end it. The script reads
@@ -32,16 +32,16 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import LivepplxError, NoLogprobsError, StreamFormatError
-from .formats import detect_format, parse_chunk
-from .sse import MAX_EVENT_BYTES, StreamDecoder
-from .stats import ChoiceStats
+from ..core.errors import LivepplxError, NoLogprobsError, StreamFormatError
+from ..core.formats import detect_format, parse_chunk
+from ..core.sse import MAX_EVENT_BYTES, StreamDecoder
+from ..core.stats import ChoiceStats
 from .textsafe import safe_line, safe_text
-from .tokens import CENSORED_AT_OR_BELOW, SKIPPED, Status, Token, as_logprob
-from .triggers import AllOf, AnyOf, Condition, ppl_above, sustained, window_ppl_above
+from ..core.tokens import CENSORED_AT_OR_BELOW, SKIPPED, Status, Token, as_logprob
+from ..core.triggers import AllOf, AnyOf, Condition, ppl_above, sustained, window_ppl_above
 
 if TYPE_CHECKING:
-    from .state import StreamState
+    from ..core.state import StreamState
 
 __all__ = ["TokenRecorder", "render", "replay_page", "alternative_texts", "surprisal_colour", "MAX_TOKENS"]
 
@@ -185,7 +185,7 @@ def alternative_texts(chunk: Any, fmt: str) -> list[list[str | None]] | None:
 
 class TokenRecorder:
     """Every token of one stream, for :func:`render`: fed the chunks the stream's
-    :class:`~livepplx.state.StreamState` is fed (raw SSE/NDJSON bytes or lines, dicts, or
+    :class:`~livepplx.core.state.StreamState` is fed (raw SSE/NDJSON bytes or lines, dicts, or
     the openai SDK's objects), it reads them itself and keeps per token its text, logprob,
     alternatives and the perplexities after it (the same :class:`ChoiceStats` arithmetic).
 
@@ -560,7 +560,7 @@ def _legend() -> str:
 def render(recorder: TokenRecorder, state: StreamState | None = None, *, title: str = "livepplx") -> str:
     """The page of what ``recorder`` kept, with ``state``'s summary, triggers and stop.
 
-    Raises :class:`~livepplx.errors.NoLogprobsError` when no token carried a logprob
+    Raises :class:`~livepplx.core.errors.NoLogprobsError` when no token carried a logprob
     (an empty stream, or a server that sent none): there is nothing to colour.
     """
     if not recorder.has_logprobs:
@@ -640,9 +640,9 @@ def render(recorder: TokenRecorder, state: StreamState | None = None, *, title: 
 def replay_page(source: bytes | str | Iterable[Any], *, title: str = "livepplx", max_tokens: int = MAX_TOKENS,
                 **options: Any) -> str:
     """The page of a whole captured stream (raw bytes or text, or an iterable of chunks),
-    read by a :class:`~livepplx.state.StreamState` with ``options`` (its keywords); the page
+    read by a :class:`~livepplx.core.state.StreamState` with ``options`` (its keywords); the page
     keeps at most ``max_tokens`` tokens (:class:`TokenRecorder`)."""
-    from .state import StreamState
+    from ..core.state import StreamState
 
     options.setdefault("on_missing_logprobs", "ignore")
     state = StreamState(**options)

@@ -12,7 +12,7 @@ rule holds for every format at every depth, and nothing in a chunk raises:
 * A field whose value has the wrong type reads as absent. A token text that is not
   a string is ``""`` (the token still counts); alternatives that are not a list list
   nothing; an end mark of the wrong type marks nothing; a logprob that is not a
-  number is skipped by the value policy (:mod:`livepplx.tokens`).
+  number is skipped by the value policy (:mod:`livepplx.core.tokens`).
 * A value on the way to the tokens that cannot be read (a chunk, choice or token
   entry that is not an object; a list of them that is not a list; a choice index
   that is not a non-negative integer: ``true``, ``"1"``, ``[1]``, ``-1``, ``1.0``) is

@@ -1,14 +1,14 @@
 """Why a threshold is where it is: the two classes' perplexities, CAR's Gaussians, the ROC.
 
 :func:`figure` (extra ``[plot]``: matplotlib) draws, from labelled answers and their
-:class:`~livepplx.calibrate.CarCalibration`, two panels: the histograms of the correct and
+:class:`~livepplx.decide.calibrate.CarCalibration`, two panels: the histograms of the correct and
 incorrect answers' scores with the two fitted Gaussians (each weighted by its prior), the
 Bayes rule's escalation region shaded (both sides when it is two-sided) and its crossings
 marked; and the ROC curve of the score for telling incorrect answers from correct, with its
 AUROC and the operating points of the chosen rules. :func:`text_histogram` is the same
 first panel for a terminal (``livepplx calibrate`` prints it), with numpy only.
 
->>> from livepplx.calibrate import CarCalibration
+>>> from livepplx.decide.calibrate import CarCalibration
 >>> ppl = [1.2, 1.5, 1.3, 1.4, 3.0, 4.0, 3.5]
 >>> ok = [True, True, True, True, False, False, False]
 >>> print(text_histogram(ppl, ok, CarCalibration.fit(ppl, ok), bins=4, width=8))
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .calibrate import CarCalibration, Labels, Values, _rows, auroc, fit_threshold
-from .errors import CalibrationError
+from ..decide.calibrate import CarCalibration, Labels, Values, _rows, auroc, fit_threshold
+from ..core.errors import CalibrationError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

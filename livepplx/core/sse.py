@@ -132,11 +132,11 @@ class StreamDecoder:
         #: the first skipped one, described on one line
         self.first_skip: str | None = None
         #: SSE data is decoded by this when set (a typed decoder of the stream's format,
-        #: :data:`livepplx.formats.TYPED_DECODERS`); data it refuses (``ValueError``) is
+        #: :data:`livepplx.core.formats.TYPED_DECODERS`); data it refuses (``ValueError``) is
         #: decoded as JSON, as without it
         self.typed: Callable[[str], Any] | None = None
         #: with :attr:`typed`: the same decoder over a JSON array of such events
-        #: (:data:`livepplx.formats.TYPED_ARRAY_DECODERS`); a read's run of one-line ``data:``
+        #: (:data:`livepplx.core.formats.TYPED_ARRAY_DECODERS`); a read's run of one-line ``data:``
         #: events is decoded by it in one call, and by the event when it refuses any of them
         self.typed_many: Callable[[str], list[Any]] | None = None
         self._bare = False  # feed_values(): the events' data alone

@@ -3,7 +3,7 @@
 Each small statistic follows one protocol, ``update(x)`` then ``get()``, and
 :class:`ChoiceStats` composes them into everything livepplx reports for one choice.
 
->>> from livepplx.tokens import make_token
+>>> from livepplx.core.tokens import make_token
 >>> s = ChoiceStats(window=2)
 >>> for lp in (-1.0, -2.0, -3.0):
 ...     s.update(make_token(0, "", lp))
@@ -305,7 +305,7 @@ class ChoiceStats(Accumulator):
     fewer than ``group_window`` positions have been seen.
 
     How it stays cheap: ``update(token)`` and ``update_many(tokens)`` come from
-    :mod:`livepplx.accumulator` (in C when built, else its Python twin, bit for bit the
+    :mod:`livepplx.core.accumulator` (in C when built, else its Python twin, bit for bit the
     same): one update does the work of :class:`Mean`, :class:`EWMean`, :class:`Variance`
     and :func:`topk_entropy`'s sums, and what no update needs (the perplexities, the
     newest position's tail mass and entropy bounds) is computed when read. A window's

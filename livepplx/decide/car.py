@@ -29,10 +29,10 @@ from typing import Any, Callable, Generator, Literal
 from openai import NOT_GIVEN
 
 from .calibrate import CarCalibration
-from .client import astream, stream
-from .monitor import _Monitored
-from .stats import ChoiceStats
-from .triggers import Trigger
+from ..client import astream, stream
+from ..monitor import _Monitored
+from ..core.stats import ChoiceStats
+from ..core.triggers import Trigger
 
 __all__ = ["Answer", "CarResult", "CarPlan", "CarRouter", "AsyncCarRouter", "SHORT_SYSTEM", "LONG_SYSTEM"]
 

@@ -5,8 +5,8 @@ each counted token; it returns True when the trigger should fire. Conditions com
 with ``|``, ``&`` and ``~`` (as tenacity's stop strategies do), and a plain function of
 the statistics is accepted wherever a condition is.
 
->>> from livepplx.stats import ChoiceStats
->>> from livepplx.tokens import make_token
+>>> from livepplx.core.stats import ChoiceStats
+>>> from livepplx.core.tokens import make_token
 >>> rule = ppl_above(5.0) & min_tokens(2)
 >>> s = ChoiceStats()
 >>> s.update(make_token(0, "", -3.0)); rule(s)    # ppl 20, but only one token
@@ -392,8 +392,8 @@ class Armed:
     """One trigger watching one choice of one stream: its own bound condition and the
     firing rule (fire on a crossing, stay quiet while it holds, re-arm when it stops).
 
-    >>> from livepplx.stats import ChoiceStats
-    >>> from livepplx.tokens import make_token
+    >>> from livepplx.core.stats import ChoiceStats
+    >>> from livepplx.core.tokens import make_token
     >>> armed, s, fired = Armed(Trigger(prob_below(0.5))), ChoiceStats(), []
     >>> for lp in (-2.0, -2.0, -0.1, -2.0):
     ...     s.update(make_token(0, "", lp))
@@ -440,7 +440,7 @@ class Trigger:
     stop has its ``call`` run after the chunk that fired it was counted, before that chunk
     is handed on. Under :func:`~livepplx.amonitor` and :func:`~livepplx.astream` an
     ``async def`` callback or escalation is awaited; under the sync wrappers it is an error.
-    An exception from a callback reaches the caller as :class:`~livepplx.errors.CallbackError`.
+    An exception from a callback reaches the caller as :class:`~livepplx.core.errors.CallbackError`.
 
     >>> Trigger(ppl_above(20) & min_tokens(8), stop=True).name
     'ppl_above(20) & min_tokens(8)'

@@ -1,4 +1,0 @@
-# The C accumulator (livepplx/_caccumulator.c): the same attributes and methods as its Python twin.
-from .accumulator import PyAccumulator
-
-class Accumulator(PyAccumulator): ...
