@@ -27,15 +27,15 @@ the recorder holds nothing for it (it knows its streams through weak references)
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.state import Listener, Stop, StreamState
+from ..core.state import Stop, StreamState
 from ..core.triggers import Trigger, TriggerEvent
+from ._guarded import GuardedListener
 
 try:
     from opentelemetry import context, metrics, trace
@@ -44,7 +44,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 __all__ = ["OtelRecorder"]
 
-log = logging.getLogger(__name__)
 
 _NAME = "livepplx"
 #: The final statistics written as span attributes (livepplx.<name>).
@@ -79,7 +78,7 @@ def _attribute(value: Any) -> Any:
     return None
 
 
-class OtelRecorder(Listener):
+class OtelRecorder(GuardedListener):
     """Records monitored generations as OpenTelemetry spans, events and metrics.
 
     Args:
@@ -90,6 +89,8 @@ class OtelRecorder(Listener):
             your tracer or GenAI instrumentation already opened for the request).
         model: the model label when the request does not say it.
     """
+
+    _what = "OpenTelemetry recording"
 
     def __init__(self, *, tracer_provider: Any = None, meter_provider: Any = None, span: str = "new",
                  model: str | None = None) -> None:
@@ -109,7 +110,6 @@ class OtelRecorder(Listener):
         self.model = model
         # Weak keys: a stream dropped unread takes its entry with it (nothing was started for it).
         self._generations: weakref.WeakKeyDictionary[StreamState, _Generation] = weakref.WeakKeyDictionary()
-        self._warned = False
 
     # -- the listener ------------------------------------------------------------------------
 
@@ -124,14 +124,6 @@ class OtelRecorder(Listener):
 
     def on_end(self, state: StreamState) -> None:
         self._safely(self._end, state)
-
-    def _safely(self, fn: Any, *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:  # telemetry must never break the stream it watches
-            if not self._warned:
-                self._warned = True
-                log.warning("livepplx: OpenTelemetry recording failed; the stream goes on", exc_info=True)
 
     # -- what is recorded --------------------------------------------------------------------
 

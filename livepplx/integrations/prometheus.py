@@ -42,7 +42,8 @@ import math
 import threading
 from typing import Any
 
-from ..core.state import Listener, Stop, StreamState
+from ..core.state import Stop, StreamState
+from ._guarded import GuardedListener
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
@@ -70,7 +71,7 @@ def _max_tokens(request: dict[str, Any]) -> int | None:
     return None
 
 
-class PrometheusListener(Listener):
+class PrometheusListener(GuardedListener):
     """Counts monitored generations into a Prometheus registry (default: the process's global
     one, which LiteLLM's own ``/metrics`` also serves when its Prometheus callback is on).
 
@@ -81,6 +82,8 @@ class PrometheusListener(Listener):
     Making two listeners on one registry is an error of prometheus-client's ("Duplicated
     timeseries"): make one per process and share it, as the gateway callback does.
     """
+
+    _what = "Prometheus recording"
 
     def __init__(self, registry: CollectorRegistry | None = None, buckets: tuple[float, ...] = PPL_BUCKETS) -> None:
         self.registry = registry if registry is not None else REGISTRY
@@ -97,21 +100,12 @@ class PrometheusListener(Listener):
                              "(the request's max_tokens minus the tokens read)", ["model", "trigger"], registry=reg)
         self.unscored = Counter("livepplx_unscored", "Generations whose text came without logprobs (not scored)",
                                 ["model"], registry=reg)
-        self._warned = False
 
     def on_stop(self, state: StreamState, stop: Stop) -> None:
         self._safely(self._stop, state, stop)
 
     def on_end(self, state: StreamState) -> None:
         self._safely(self._end, state)
-
-    def _safely(self, fn: Any, *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:  # metrics must never break the stream they count
-            if not self._warned:
-                self._warned = True
-                log.warning("livepplx: Prometheus recording failed; the stream goes on", exc_info=True)
 
     def _stop(self, state: StreamState, stop: Stop) -> None:
         model = _model(state)
