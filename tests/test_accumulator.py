@@ -195,6 +195,25 @@ def test_stats_made_without_init_refuse_to_update() -> None:
     assert stats.tokens == 0
 
 
+@needs_c
+@pytest.mark.parametrize("name, value, error", [
+    ("_wsize", sys.maxsize, "shorter"),  # window + 1 would overflow: compared without computing it
+    ("_gsize", 0, "shorter"),
+    ("_wpos", -1, "outside"),
+    ("tokens", sys.maxsize, "largest"),  # one more would overflow
+    ("skipped", sys.maxsize, "largest"),
+])
+def test_assigned_sizes_and_counters_past_their_range_are_refused(name: str, value: int, error: str) -> None:
+    stats = ChoiceStats(window=4, group_window=4)
+    setattr(stats, name, value)
+    skipped = make_token(0, "", None)
+    for token in (make_token(0, "", -1.0, [-1.0]), skipped):
+        if name != "skipped" and token is skipped:
+            continue  # a skipped token touches no ring and no other counter
+        with pytest.raises(ValueError, match=error):
+            stats.update(token)
+
+
 # -- found by a hostile review: code run by a token's values while C holds the rings
 
 

@@ -188,22 +188,38 @@ checked_exp(double a, double *p)
     return 0;
 }
 
+/* The counters add() increments: one at its largest value was assigned, not counted (and
+ * one more would overflow). */
+static int
+counters(Accumulator *self)
+{
+    if (self->tokens == PY_SSIZE_T_MAX || self->censored == PY_SSIZE_T_MAX || self->skipped == PY_SSIZE_T_MAX
+            || self->topk_positions == PY_SSIZE_T_MAX || self->hn == PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a counter is at its largest value");
+        return -1;
+    }
+    return 0;
+}
+
 /* The rings' memory, checked against the window sizes (both attributes can be set). */
 static int
 rings(Accumulator *self, double **ws, double **wc, double **gs, double **gc)
 {
     Ring *all[4] = {&self->wsums, &self->wcomps, &self->gsums, &self->gcomps};
-    Py_ssize_t need[4] = {self->wsize + 1, self->wsize + 1, self->gsize + 1, self->gsize + 1};
+    Py_ssize_t size[4] = {self->wsize, self->wsize, self->gsize, self->gsize};
     for (int j = 0; j < 4; j++) {
         if (all[j]->obj == NULL) {
             PyErr_SetString(PyExc_AttributeError, "the rings are not set (ChoiceStats.__init__ sets them)");
             return -1;
         }
-        if (need[j] < 2 || all[j]->view.len / (Py_ssize_t)sizeof(double) < need[j]) {
+        /* window + 1 slots, compared without computing window + 1 (no overflow, whatever was assigned) */
+        if (size[j] < 1 || size[j] >= all[j]->view.len / (Py_ssize_t)sizeof(double)) {
             PyErr_SetString(PyExc_ValueError, "a ring is shorter than its window + 1 slots");
             return -1;
         }
     }
+    if (counters(self) < 0)
+        return -1;
     if (self->wpos < 0 || self->wpos > self->wsize || self->gpos < 0 || self->gpos > self->gsize) {
         PyErr_SetString(PyExc_ValueError, "a ring position is outside its window");
         return -1;
@@ -231,6 +247,8 @@ add(Accumulator *self, PyObject *token)
     if (status != OK) {
         if (status == SKIPPED) {
             Py_DECREF(status);
+            if (counters(self) < 0)
+                return -1;
             self->skipped++;
             return 0;
         }
