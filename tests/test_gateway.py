@@ -318,10 +318,10 @@ def test_a_stopped_legacy_completion_closes_litellms_stream_of_the_upstream(call
     assert sample(registry, "livepplx_stops_total", model="local", trigger="stop_above") == 1
 
 
-def test_a_legacy_completion_the_callback_cannot_read_flows_on_and_holds_no_chunks(
-        callback: LivepplxCallback, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = StreamState.handle
+def _fail_the_third_handle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """StreamState.handle raises on its third call (a bug inside livepplx, as the proxy would meet it)."""
     calls = {"n": 0}
+    real = StreamState.handle
 
     def flaky(self: StreamState, c: Any) -> Any:
         calls["n"] += 1
@@ -330,6 +330,11 @@ def test_a_legacy_completion_the_callback_cannot_read_flows_on_and_holds_no_chun
         return real(self, c)
 
     monkeypatch.setattr(StreamState, "handle", flaky)
+
+
+def test_a_legacy_completion_the_callback_cannot_read_flows_on_and_holds_no_chunks(
+        callback: LivepplxCallback, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_the_third_handle(monkeypatch)
     held: list[int] = []
     real_see = _Watch.see
 
@@ -424,16 +429,8 @@ def test_a_responses_upstream_without_logprobs_is_passed_through_unscored(callba
 
 def test_an_exception_inside_the_callback_never_breaks_the_clients_stream(
         callback: LivepplxCallback, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    calls = {"n": 0}
-    real = StreamState.handle
-
-    def flaky(self: StreamState, c: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("boom")
-        return real(self, c)
-
-    monkeypatch.setattr(StreamState, "handle", flaky)
+    real = StreamState.handle  # put back below
+    _fail_the_third_handle(monkeypatch)
     chunks = answer([-0.5] * 10)
     data, out, upstream = run(callback, request(metadata={"livepplx_stop_above": "1.1"}), chunks)
     assert len(out) == 11 and upstream.closed_at is None  # every chunk, none stopped after the failure
